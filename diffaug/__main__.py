@@ -1,0 +1,5 @@
+import sys
+
+from diffaug.cli import main
+
+sys.exit(main())

@@ -1,0 +1,112 @@
+"""The ``diffaug`` command: ``diffaug train|sample|export|config ...``.
+
+Positional arguments that contain ``=`` are config overrides (``training.max_steps=500``); the others are
+YAML config files (for ``train`` and ``config``) or a checkpoint (for ``sample`` and ``export``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from diffaug.config import ConfigError, load_config
+
+
+def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    files = [item for item in items if "=" not in item]
+    overrides = [item for item in items if "=" in item]
+    return files, overrides
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    files, overrides = _split(args.items)
+    print(OmegaConf.to_yaml(load_config(files, overrides), resolve=True), end="")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from diffaug.training import train
+
+    files, overrides = _split(args.items)
+    result = train(load_config(files, overrides))
+    print(f"run directory: {result.run_dir}")
+    print(f"checkpoint:    {result.last_checkpoint}")
+    if result.weights is not None:
+        print(f"EMA weights:   {result.weights}")
+    return 0
+
+
+def _checkpoint_and_overrides(items: Sequence[str]) -> tuple[str, list[str]]:
+    paths, overrides = _split(items)
+    if len(paths) != 1:
+        raise ConfigError(f"give exactly one checkpoint (.ckpt or .safetensors), got {paths or 'none'}")
+    return paths[0], overrides
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from diffaug.sampling import sample_grid
+
+    checkpoint, overrides = _checkpoint_and_overrides(args.items)
+    path = sample_grid(checkpoint, args.out, per_class=args.per_class, overrides=overrides)
+    print(f"sample grid: {path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from diffaug.sampling import export_augmentation_set
+
+    checkpoint, overrides = _checkpoint_and_overrides(args.items)
+    summary = export_augmentation_set(checkpoint, overrides=overrides, rank=args.rank, world_size=args.world_size)
+    print(summary.describe())
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffaug", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a diffusion model: diffaug train CONFIG.yaml... [key=value...]")
+    p.add_argument("items", nargs="*", metavar="CONFIG_OR_OVERRIDE")
+    p.set_defaults(func=_cmd_train)
+
+    p = commands.add_parser("config", help="print the resolved config: diffaug config CONFIG.yaml... [key=value...]")
+    p.add_argument("items", nargs="*", metavar="CONFIG_OR_OVERRIDE")
+    p.set_defaults(func=_cmd_config)
+
+    p = commands.add_parser("sample", help="write a grid of samples, one row per class: diffaug sample CKPT [key=value...]")
+    p.add_argument("items", nargs="+", metavar="CHECKPOINT_OR_OVERRIDE")
+    p.add_argument("--out", default=None, help="PNG path (default: next to the checkpoint)")
+    p.add_argument("--per-class", type=int, default=8, help="images per class (one row each)")
+    p.set_defaults(func=_cmd_sample)
+
+    p = commands.add_parser("export", help="export a labelled augmentation set: diffaug export CKPT [key=value...]")
+    p.add_argument("items", nargs="+", metavar="CHECKPOINT_OR_OVERRIDE")
+    p.add_argument("--rank", type=int, default=None, help="this worker's part (default: from DDP or SLURM)")
+    p.add_argument("--world-size", type=int, default=None, help="number of parts (default: from DDP or SLURM)")
+    p.set_defaults(func=_cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"diffaug: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Load, merge, validate and save configs.
+
+Order of precedence (later wins): schema defaults < YAML files (with their ``include`` lists) <
+command-line ``key=value`` overrides. Every error names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from diffaug.config.schema import Config
+from diffaug.registry import did_you_mean
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+INCLUDE_KEY = "include"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with a message that says how to fix it."""
+
+
+# ---------------------------------------------------------------- YAML files
+
+
+def _find_file(name: str | Path, relative_to: Path | None) -> Path:
+    """A config path as given, relative to the including file, or relative to the configs/ folder."""
+    candidates = [Path(name)]
+    if relative_to is not None:
+        candidates.append(relative_to / name)
+    candidates.append(CONFIGS_DIR / name)
+    for path in candidates:
+        if path.is_file():
+            return path
+        if path.suffix == "" and path.with_suffix(".yaml").is_file():
+            return path.with_suffix(".yaml")
+    tried = ", ".join(str(p) for p in candidates)
+    raise ConfigError(f"config file {str(name)!r} not found (looked at: {tried})")
+
+
+def read_yaml(name: str | Path, relative_to: Path | None = None, _stack: tuple[Path, ...] = ()) -> dict:
+    """Read one YAML file with its ``include`` list merged underneath it (includes first, file last)."""
+    path = _find_file(name, relative_to).resolve()
+    if path in _stack:
+        chain = " -> ".join(str(p) for p in (*_stack, path))
+        raise ConfigError(f"config files include each other in a cycle: {chain}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
+    includes = data.pop(INCLUDE_KEY, []) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    merged: Any = OmegaConf.create({})
+    for included in includes:
+        merged = OmegaConf.merge(merged, read_yaml(included, path.parent, (*_stack, path)))
+    merged = OmegaConf.merge(merged, data)
+    return OmegaConf.to_container(merged)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- merging with the schema
+
+
+def _valid_keys(node: Any) -> list[str]:
+    try:
+        return sorted(str(k) for k in node.keys())
+    except Exception:  # not a mapping
+        return []
+
+
+def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
+    key = err.full_key or getattr(err, "key", None) or "?"
+    if isinstance(err, ConfigKeyError):
+        bad = str(getattr(err, "key", key)).split(".")[-1]
+        valid = _valid_keys(err.parent_node)
+        parent = str(key).rsplit(".", 1)[0] if "." in str(key) else "the top level"
+        return ConfigError(
+            f"unknown config key {key!r} (from {source}); valid keys under {parent}: "
+            f"{', '.join(valid)}.{did_you_mean(bad, valid)}"
+        )
+    message = str(err).split("\n")[0]
+    if isinstance(err, ValidationError) and "expected one of" in message:
+        choices = message.split("expected one of", 1)[1].strip(" []").replace("'", "").split(", ")
+        value = str(getattr(err, "value", ""))
+        message += did_you_mean(value, choices)
+    return ConfigError(f"invalid value for config key {key!r} (from {source}): {message}")
+
+
+def _merge(cfg: DictConfig, update: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, update)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise _explain(err, source) from None
+
+
+def parse_overrides(overrides: Iterable[str]) -> DictConfig:
+    overrides = list(overrides)
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. training.max_steps=500")
+    return OmegaConf.from_dotlist(overrides)
+
+
+def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> DictConfig:
+    """Schema defaults, then each YAML file in order, then ``key=value`` overrides; validated."""
+    cfg: DictConfig = OmegaConf.structured(Config)
+    for name in files:
+        cfg = _merge(cfg, read_yaml(name), str(name))
+    cfg = _merge(cfg, parse_overrides(overrides), "the command line")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> DictConfig:
+    """A config saved with a run or a checkpoint, checked against today's schema."""
+    cfg = _merge(OmegaConf.structured(Config), data, "the saved config")
+    validate(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------- checks the schema cannot express
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid value for config key {key!r}: {value!r}; {rule}")
+
+
+def validate(cfg: DictConfig) -> None:
+    d, t, s, e = cfg.data, cfg.training, cfg.sampling, cfg.export
+    _require(d.resolution >= 4, "data.resolution", d.resolution, "must be at least 4")
+    _require(1 <= d.channels <= 4, "data.channels", d.channels, "must be 1, 3 or 4 (grey, RGB, RGBA)")
+    _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be at least 1")
+    _require(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be 0 or more")
+    _require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
+    _require(d.per_class_limit is None or d.per_class_limit >= 1, "data.per_class_limit",
+             d.per_class_limit, "must be at least 1 (or null for all images)")
+    _require(d.source in ("sklearn_digits",) or d.path is not None, "data.path", d.path,
+             f"data.source={d.source} needs data.path")
+    _require(0.0 <= cfg.objective.label_dropout < 1.0, "objective.label_dropout",
+             cfg.objective.label_dropout, "must be in [0, 1)")
+    _require(t.max_steps >= 1, "training.max_steps", t.max_steps, "must be at least 1")
+    _require(t.lr > 0, "training.lr", t.lr, "must be positive")
+    _require(t.warmup_steps >= 0, "training.warmup_steps", t.warmup_steps, "must be 0 or more")
+    _require(t.accumulate_grad_batches >= 1, "training.accumulate_grad_batches",
+             t.accumulate_grad_batches, "must be at least 1")
+    _require(t.ema_halflife_kimg >= 0, "training.ema_halflife_kimg", t.ema_halflife_kimg, "must be 0 or more")
+    _require(t.lora_rank >= 0, "training.lora_rank", t.lora_rank, "must be 0 (off) or more")
+    _require(s.steps >= 1, "sampling.steps", s.steps, "must be at least 1")
+    _require(s.batch_size >= 1, "sampling.batch_size", s.batch_size, "must be at least 1")
+    _require(0.0 < e.strength <= 1.0, "export.strength", e.strength, "must be in (0, 1]")
+    bad_formats = sorted(set(e.formats) - {"folder", "shards"})
+    _require(not bad_formats and len(e.formats) > 0, "export.formats", list(e.formats),
+             "choose one or both of: folder, shards")
+    _check_registry_names(cfg)
+
+
+def _check_registry_names(cfg: DictConfig) -> None:
+    # Imported here: the registries pull in torch and the networks, which config loading alone need not.
+    from diffaug.diffusion import SAMPLERS
+    from diffaug.nets import NETS
+
+    for key, registry, value in (("model.net", NETS, cfg.model.net),
+                                 ("sampling.sampler", SAMPLERS, cfg.sampling.sampler)):
+        if value not in registry:
+            names = registry.names()
+            raise ConfigError(
+                f"invalid value for config key {key!r}: {value!r}; valid names: {', '.join(names)}."
+                f"{did_you_mean(value, names)}"
+            )
+
+
+# ---------------------------------------------------------------- saving and identity
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def config_hash(cfg: DictConfig | dict) -> str:
+    """SHA-256 of the resolved config in canonical JSON: two runs with equal hashes had equal settings."""
+    data = to_dict(cfg) if isinstance(cfg, DictConfig) else cfg
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,148 @@
+"""The configuration schema: typed dataclasses, one per concern.
+
+These dataclasses are the single source of truth for every option and its default. YAML files in
+``configs/`` hold overrides only, and command-line ``key=value`` pairs override those. OmegaConf
+checks keys, types and ``Literal`` choices against this schema when a config is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+@dataclass
+class DataConfig:
+    # "idx": MNIST-format IDX files (e.g. Fashion-MNIST); "sklearn_digits": scikit-learn's bundled 8x8 digits.
+    source: Literal["folder", "shards", "idx", "sklearn_digits"] = "sklearn_digits"
+    path: Optional[str] = None  # folder, IDX directory, or shard URL pattern ("data-{000..009}.tar", "pipe:...")
+    val_path: Optional[str] = None  # separate validation shards; otherwise val_fraction of the training data
+    split: Literal["train", "test"] = "train"
+    resolution: int = 16
+    channels: int = 1
+    batch_size: int = 64
+    num_workers: int = 0
+    val_fraction: float = 0.05
+    on_corrupt: Literal["skip", "fail"] = "skip"
+    hflip: bool = False  # off by default: flipping digits, text or lateralised anatomy changes the class
+    shuffle_buffer: int = 1000
+    per_class_limit: Optional[int] = None  # k real images per class: the low-data regimes diffaug is for
+    class_names: Optional[list[str]] = None
+    max_items: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    net: str = "unet-tiny"  # a preset from diffaug.nets.NETS
+    args: dict[str, Any] = field(default_factory=dict)  # keyword overrides for the preset
+    attn_backend: Literal["sdpa", "xformers", "math"] = "sdpa"
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class ObjectiveConfig:
+    process: Literal["ddpm", "ncsn", "vp", "subvp", "ve"] = "ddpm"
+    process_args: dict[str, Any] = field(default_factory=dict)  # e.g. {schedule: cosine, num_steps: 1000}
+    prediction: Literal["eps", "x0", "v", "score"] = "eps"
+    weighting: Optional[str] = None  # None: the objective's standard weighting
+    label_dropout: float = 0.1  # probability of training on the null class, for classifier-free guidance
+
+
+@dataclass
+class TrainingConfig:
+    max_steps: int = 1000
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 100
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: Optional[float] = 1.0
+    accumulate_grad_batches: int = 1
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
+    compile: bool = False
+    # EMA half-life counted in training images, so it does not depend on the batch size (Karras et al. 2022).
+    ema_halflife_kimg: float = 10.0
+    ema_rampup: Optional[float] = 0.05  # half-life at most this fraction of the images seen so far
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: Any = "auto"  # int, list of ids, or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    seed: int = 0
+    log_every_n_steps: int = 10
+    val_every_n_steps: Optional[int] = None
+    sample_every_n_steps: Optional[int] = None
+    checkpoint_every_n_steps: int = 500
+    save_top_k: int = 1
+    resume: Optional[str] = None  # "auto" (newest checkpoint in the run directory) or a checkpoint path
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    init_from: Optional[str] = None  # fine-tune: start from this checkpoint's weights
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze when fine-tuning
+    lora_rank: int = 0
+
+
+@dataclass
+class SamplingConfig:
+    sampler: str = "ddim"  # a name from diffaug.diffusion.SAMPLERS
+    steps: int = 50
+    guidance_scale: float = 1.0
+    class_guidance: dict[str, float] = field(default_factory=dict)  # per-class scale overrides
+    sampler_args: dict[str, Any] = field(default_factory=dict)  # e.g. {eta: 0.5} for DDIM
+    batch_size: int = 64
+    seed: int = 0
+    use_ema: bool = True
+    device: str = "auto"
+    precision: Literal["32", "bf16", "16"] = "32"
+
+
+@dataclass
+class ExportConfig:
+    out_dir: Optional[str] = None  # default: <run_dir>/export
+    per_class: Optional[int] = None  # N images for every class
+    multiple: Optional[float] = None  # or: this multiple of the real class counts
+    balance: bool = False  # or: top up every class to the size of the largest
+    formats: list[str] = field(default_factory=lambda: ["folder"])  # "folder" and/or "shards"
+    shard_size: int = 1000
+    source_images: Optional[str] = None  # image-conditioned mode: variations of these real images
+    strength: float = 0.5  # SDEdit strength for image-conditioned mode
+    classifier: Optional[str] = None  # curation: drop samples this classifier does not assign to their class
+    min_confidence: float = 0.5
+    dedup_threshold: Optional[float] = None  # curation: flag near-duplicates of training images
+
+
+@dataclass
+class LoggingConfig:
+    logger: Literal["wandb", "csv", "none"] = "csv"
+    project: str = "diffaug"
+    entity: Optional[str] = None
+    mode: Literal["online", "offline", "disabled"] = "offline"
+    tags: list[str] = field(default_factory=list)
+    progress_bar: bool = True
+
+
+@dataclass
+class ClusterConfig:
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    nodes: int = 1
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    mem: Optional[str] = None
+    time: str = "24:00:00"
+    extra_sbatch: list[str] = field(default_factory=list)
+    requeue: bool = True
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    run_dir: str = "runs/${name}"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

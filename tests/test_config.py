@@ -1,0 +1,128 @@
+"""Config loading: schema defaults < YAML (with includes) < command line, and every validation error."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diffaug.config import ConfigError, config_from_dict, config_hash, load_config, save_config, to_dict
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_files_and_overrides_in_order(tmp_path):
+    base = write(tmp_path / "base.yaml", {"training": {"max_steps": 10, "lr": 1e-3}, "data": {"resolution": 8}})
+    exp = write(tmp_path / "exp.yaml", {"include": ["base.yaml"], "training": {"max_steps": 20}})
+    cfg = load_config([exp], ["training.lr=5e-4", "data.batch_size=7"])
+    assert cfg.training.max_steps == 20  # the experiment file overrides its include
+    assert cfg.training.lr == pytest.approx(5e-4)  # the command line overrides both
+    assert cfg.data.resolution == 8  # from the include
+    assert cfg.data.batch_size == 7
+    assert cfg.training.warmup_steps == 100  # untouched schema default
+
+
+def test_run_dir_interpolates_the_name():
+    cfg = load_config([], ["name=abc"])
+    assert to_dict(cfg)["run_dir"] == "runs/abc"
+
+
+def test_unknown_key_lists_valid_keys_and_suggests(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["training.max_step=5"])
+    message = str(err.value)
+    assert "training.max_step" in message and "max_steps" in message and "lr_schedule" in message
+    assert "Did you mean 'max_steps'?" in message
+
+
+def test_unknown_section_in_a_file_names_the_file(tmp_path):
+    bad = write(tmp_path / "bad.yaml", {"trainig": {"max_steps": 5}})
+    with pytest.raises(ConfigError) as err:
+        load_config([bad])
+    message = str(err.value)
+    assert "trainig" in message and str(bad) in message and "Did you mean 'training'?" in message
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["training.max_steps=many"])
+    assert "training.max_steps" in str(err.value) and "many" in str(err.value)
+
+
+def test_literal_choice_lists_allowed_values_and_suggests():
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["objective.process=ddpn"])
+    message = str(err.value)
+    assert "objective.process" in message
+    for choice in ("ddpm", "ncsn", "vp", "subvp", "ve"):
+        assert choice in message
+    assert "Did you mean 'ddpm'?" in message
+
+
+def test_registry_names_are_checked_at_load():
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["model.net=unet-tiyn"])
+    assert "model.net" in str(err.value) and "unet-tiny" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["sampling.sampler=dimm"])
+    assert "sampling.sampler" in str(err.value) and "ddim" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("data.channels=7", "data.channels"),
+        ("training.lr=0", "training.lr"),
+        ("export.formats=[folder,zip]", "export.formats"),
+        ("data.source=folder", "data.path"),
+    ],
+)
+def test_out_of_range_values_fail_with_the_rule(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config([], [override])
+    assert key in str(err.value)
+
+
+def test_malformed_override_and_missing_file_and_include_cycle(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config([], ["training.max_steps"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config([tmp_path / "nope.yaml"])
+    write(tmp_path / "a.yaml", {"include": ["b.yaml"]})
+    write(tmp_path / "b.yaml", {"include": ["a.yaml"]})
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config([tmp_path / "a.yaml"])
+
+
+def test_saved_config_round_trips_and_hash_tracks_values(tmp_path):
+    cfg = load_config([], ["name=x", "training.max_steps=3", "model.args={model_channels: 16}"])
+    path = save_config(cfg, tmp_path / "config.yaml")
+    again = config_from_dict(yaml.safe_load(path.read_text()))
+    assert to_dict(again) == to_dict(cfg)
+    assert config_hash(again) == config_hash(cfg)
+    assert config_hash(load_config([], ["name=x", "training.max_steps=4"])) != config_hash(cfg)
+
+
+def test_every_shipped_config_file_loads():
+    files = sorted(CONFIGS.rglob("*.yaml"))
+    assert len(files) >= 5
+    for path in files:
+        load_config([path])
+
+
+def test_cli_prints_resolved_config_and_reports_errors():
+    ok = subprocess.run([sys.executable, "-m", "diffaug", "config", "training.max_steps=42"],
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert yaml.safe_load(ok.stdout)["training"]["max_steps"] == 42
+    bad = subprocess.run([sys.executable, "-m", "diffaug", "config", "training.lrr=1"],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    assert "Did you mean 'lr'?" in bad.stderr
