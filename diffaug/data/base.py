@@ -1,0 +1,148 @@
+"""Map-style image sources, the registry that names them, and the dataset view that reads them."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from diffaug.data.classmap import ClassMap
+from diffaug.data.corrupt import CorruptDataError, CorruptionLog, UnreadableItem
+from diffaug.data.transforms import ImageTransform
+from diffaug.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+# name -> source class; map-style sources subclass ImageSource, "shards" is an IterableDataset.
+SOURCES: Registry[type] = Registry("data source")
+
+
+class ImageSource(ABC):
+    """Labelled images readable one at a time by index; labels are known without decoding any image."""
+
+    @property
+    @abstractmethod
+    def class_map(self) -> ClassMap: ...
+
+    @property
+    @abstractmethod
+    def targets(self) -> np.ndarray:
+        """(N,) int64 class index of every item."""
+
+    @abstractmethod
+    def load(self, i: int) -> Image.Image:
+        """Decode item i; raises UnreadableItem when its data is corrupt."""
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+class SourceView(Dataset):
+    """The items ``indices`` of a source as (image (C, H, W) in [-1, 1], label) pairs.
+
+    An unreadable item is reported to ``corruption``; with on_corrupt="skip" the next readable item of
+    the same class in this view stands in, so batches keep their size, class balance is kept and no
+    item from outside the view (e.g. the validation split) leaks in.
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        indices: np.ndarray,
+        *,
+        transform: ImageTransform,
+        corruption: CorruptionLog,
+    ):
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+        self.corruption = corruption
+        self._labels = source.targets[self.indices]  # (len(view),)
+
+    @property
+    def class_map(self) -> ClassMap:
+        return self.source.class_map
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        for j in self._candidates(i):
+            try:
+                image = self.source.load(int(self.indices[j]))
+            except UnreadableItem as error:
+                self.corruption.report(error.where, error.problem)  # raises for on_corrupt="fail"
+                continue
+            return self.transform(image), int(self._labels[j])
+        raise CorruptDataError(
+            f"none of the {len(self)} items of this split could be read (see the warnings above for each "
+            "file); check the data path"
+        )
+
+    def _candidates(self, i: int):
+        """i first, then the rest of the view in cyclic order, same class before other classes."""
+        yield i
+        order = (np.arange(1, len(self)) + i) % len(self)
+        same = self._labels[order] == self._labels[i]
+        yield from order[same]
+        yield from order[~same]
+
+
+def select_indices(
+    targets: np.ndarray,
+    *,
+    num_classes: int,
+    val_fraction: float,
+    per_class_limit: int | None,
+    max_items: int | None,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, val) index split, stratified by class.
+
+    Each class is permuted with ``seed``; its validation items come from the end of the permutation and
+    its ``per_class_limit`` training items from the front, so the k-shot training set for a seed does not
+    change with val_fraction. ``max_items`` then caps each split (a seeded subset, sorted).
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(targets) and (targets.min() < 0 or targets.max() >= num_classes):
+        raise ValueError(
+            f"labels range over [{targets.min()}, {targets.max()}] but there are only {num_classes} class "
+            "names; pass class_names with one name per label"
+        )
+    rng = np.random.default_rng(seed)
+    train: list[np.ndarray] = []
+    val: list[np.ndarray] = []
+    for c in range(num_classes):
+        members = rng.permutation(np.flatnonzero(targets == c))
+        n_val = min(int(round(val_fraction * len(members))), max(len(members) - 1, 0))
+        val.append(members[len(members) - n_val :])
+        rest = members[: len(members) - n_val]
+        if per_class_limit is not None:
+            if len(rest) < per_class_limit:
+                logger.warning(
+                    "class %d has only %d training items, fewer than per_class_limit=%d; using all of them",
+                    c,
+                    len(rest),
+                    per_class_limit,
+                )
+            rest = rest[:per_class_limit]
+        train.append(rest)
+    cap_rng = np.random.default_rng([seed, 1])
+    return (
+        _capped(np.concatenate(train), max_items, cap_rng),
+        _capped(np.concatenate(val), max_items, cap_rng),
+    )
+
+
+def _capped(indices: np.ndarray, max_items: int | None, rng: np.random.Generator) -> np.ndarray:
+    if max_items is not None and len(indices) > max_items:
+        indices = rng.permutation(indices)[:max_items]
+    return np.sort(indices).astype(np.int64)
