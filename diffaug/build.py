@@ -1,0 +1,122 @@
+"""Config -> components: the one place the config object is read to build the parts of a run.
+
+Every component takes explicit keyword arguments; these functions translate the config sections into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from diffaug.checkpoint import checkpoint_metadata
+from diffaug.config import to_dict
+from diffaug.data import DiffusionDataModule
+from diffaug.diffusion.denoiser import Denoiser
+from diffaug.diffusion.losses import Objective
+from diffaug.diffusion.losses import build_objective as _objective_for
+from diffaug.diffusion.process import GaussianProcess
+from diffaug.diffusion.process import build_process as _process_by_name
+from diffaug.nets import build_net as _net_by_name
+
+if TYPE_CHECKING:
+    from diffaug.training.module import DiffusionModule
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def conditional_num_classes(class_names: Sequence[str]) -> int | None:
+    """Class-conditional (with a null class for guidance) when the data has more than one class."""
+    return len(class_names) if len(class_names) > 1 else None
+
+
+def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
+    d = cfg.data
+    return DiffusionDataModule(
+        source=d.source,
+        path=d.path,
+        split=d.split,
+        resolution=d.resolution,
+        channels=d.channels,
+        batch_size=d.batch_size,
+        num_workers=d.num_workers,
+        val_fraction=d.val_fraction,
+        val_path=d.val_path,
+        on_corrupt=d.on_corrupt,
+        hflip=d.hflip,
+        shuffle_buffer=d.shuffle_buffer,
+        seed=d.seed,
+        per_class_limit=d.per_class_limit,
+        class_names=None if d.class_names is None else list(d.class_names),
+        max_items=d.max_items,
+    )
+
+
+def build_net(cfg: DictConfig, num_classes: int | None) -> nn.Module:
+    return _net_by_name(
+        cfg.model.net,
+        in_channels=cfg.data.channels,
+        resolution=cfg.data.resolution,
+        num_classes=num_classes,
+        attn_backend=cfg.model.attn_backend,
+        grad_checkpointing=cfg.model.grad_checkpointing,
+        **_plain(cfg.model.args),
+    )
+
+
+def build_process(cfg: DictConfig) -> GaussianProcess:
+    return _process_by_name(cfg.objective.process, **_plain(cfg.objective.process_args))
+
+
+def build_denoiser(cfg: DictConfig, num_classes: int | None) -> Denoiser:
+    return Denoiser(
+        build_net(cfg, num_classes),
+        build_process(cfg),
+        prediction=cfg.objective.prediction,
+        num_classes=num_classes,
+    )
+
+
+def build_objective(cfg: DictConfig, process: GaussianProcess | None = None) -> Objective:
+    return _objective_for(process or build_process(cfg), weighting=cfg.objective.weighting)
+
+
+def build_module(
+    cfg: DictConfig, num_classes: int | None, class_names: Sequence[str], *, init_weights: bool = True
+) -> DiffusionModule:
+    """The LightningModule for a run. ``init_weights=False`` skips ``training.init_from`` (a resume, whose
+    checkpoint brings the weights), but still applies LoRA so the parameter names match."""
+    from diffaug.training.finetune import prepare_for_finetuning
+    from diffaug.training.module import DiffusionModule
+
+    t = cfg.training
+    denoiser = build_denoiser(cfg, num_classes)
+    prepare_for_finetuning(
+        denoiser,
+        init_from=t.init_from if init_weights else None,
+        class_names=list(class_names),
+        freeze=list(t.freeze),
+        lora_rank=t.lora_rank,
+    )
+    return DiffusionModule(
+        denoiser=denoiser,
+        objective=build_objective(cfg, denoiser.process),
+        label_dropout=cfg.objective.label_dropout,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        betas=tuple(t.betas),
+        warmup_steps=t.warmup_steps,
+        max_steps=t.max_steps,
+        lr_schedule=t.lr_schedule,
+        min_lr_ratio=t.min_lr_ratio,
+        ema_halflife_kimg=t.ema_halflife_kimg,
+        ema_rampup=t.ema_rampup,
+        on_nonfinite=t.on_nonfinite,
+        seed=t.seed,
+        compile=t.compile,
+        metadata=checkpoint_metadata(to_dict(cfg), list(class_names)),
+    )

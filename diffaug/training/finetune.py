@@ -1,0 +1,121 @@
+"""Fine-tuning: start from a trained checkpoint, possibly on a different class set; freezing; LoRA.
+
+Weights load strictly except the class embedding table when the class sets differ. Its rows are matched
+by class NAME: a class present in both keeps its learned row, a new class keeps the fresh initialisation of
+the new network, and the learned null-class row (the last one, used by classifier-free guidance) is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from diffaug.checkpoint import load_state_strictly, read_weights
+from diffaug.diffusion.denoiser import Denoiser
+from diffaug.training.lora import add_lora
+
+logger = logging.getLogger(__name__)
+
+CLASS_TABLE_SUFFIX = "classes.table.weight"  # (num_classes + 1, D): one row per class, then the null class
+
+
+def remap_class_table(
+    old_table: Tensor, new_table: Tensor, old_names: Sequence[str], new_names: Sequence[str]
+) -> tuple[Tensor, dict[str, list[str]]]:
+    """The new table with the rows of classes kept by name and the null row kept; plus a report."""
+    if old_table.shape[0] != len(old_names) + 1 or new_table.shape[0] != len(new_names) + 1:
+        raise ValueError(
+            f"class tables must have one row per class plus the null class: got {old_table.shape[0]} rows "
+            f"for {len(old_names)} old classes and {new_table.shape[0]} rows for {len(new_names)} new classes"
+        )
+    if old_table.shape[1:] != new_table.shape[1:]:
+        raise ValueError(
+            f"class embedding widths differ: {tuple(old_table.shape)} vs {tuple(new_table.shape)}"
+        )
+    table = new_table.detach().clone()
+    old_index = {name: i for i, name in enumerate(old_names)}
+    kept = [name for name in new_names if name in old_index]
+    for name in kept:
+        table[new_names.index(name)] = old_table[old_index[name]].to(table.dtype)
+    table[-1] = old_table[-1].to(table.dtype)  # the null class
+    report = {
+        "kept": kept,
+        "initialised": [name for name in new_names if name not in old_index],
+        "dropped": [name for name in old_names if name not in set(new_names)],
+    }
+    return table, report
+
+
+def load_pretrained(denoiser: Denoiser, path: str, class_names: Sequence[str]) -> dict[str, list[str]]:
+    """Load ``path``'s EMA weights into ``denoiser`` (built for ``class_names``); returns the class report."""
+    state, _, old_map = read_weights(path, use_ema=True)
+    own = denoiser.state_dict()
+    report = {"kept": list(class_names), "initialised": [], "dropped": []}
+    table_keys = sorted({k for k in (*state, *own) if k.endswith(CLASS_TABLE_SUFFIX)})
+    if len(table_keys) > 1:
+        raise ValueError(f"expected at most one class embedding table, found {table_keys}")
+    for key in table_keys:
+        if key in state and key in own:
+            state[key], report = remap_class_table(state[key], own[key], old_map.names, list(class_names))
+        elif key in own:  # unconditional source -> conditional model: all rows new
+            state[key] = own[key]
+            report = {"kept": [], "initialised": list(class_names), "dropped": []}
+        else:  # conditional source -> unconditional model
+            del state[key]
+            report = {"kept": [], "initialised": [], "dropped": list(old_map.names)}
+    load_state_strictly(denoiser, state, source=path)
+    if report["initialised"] or report["dropped"]:
+        logger.warning(
+            "fine-tuning from %s: class embedding rows kept for %s; newly initialised for %s; dropped %s "
+            "(the null-class row is kept)",
+            path, report["kept"] or "none", report["initialised"] or "none", report["dropped"] or "none",
+        )
+    else:
+        logger.info("fine-tuning from %s: all %d classes matched by name", path, len(class_names))
+    return report
+
+
+def freeze_prefixes(module: nn.Module, prefixes: Sequence[str]) -> list[str]:
+    """Stop gradients for parameters whose names start with any prefix; each prefix must match something."""
+    names = [n for n, _ in module.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            tops = sorted({n.split(".")[0] + "." + n.split(".")[1] if n.count(".") > 1 else n for n in names})
+            raise ValueError(f"training.freeze prefix {prefix!r} matches no parameter; names start like: "
+                             f"{', '.join(tops[:12])}")
+    frozen = []
+    for name, param in module.named_parameters():
+        if any(name.startswith(p) for p in prefixes):
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def prepare_for_finetuning(
+    denoiser: Denoiser,
+    *,
+    init_from: str | None,
+    class_names: Sequence[str],
+    freeze: Sequence[str] = (),
+    lora_rank: int = 0,
+) -> None:
+    """In place: init_from, then LoRA (only adapters and the class table train), then freeze prefixes."""
+    if init_from:
+        load_pretrained(denoiser, init_from, class_names)
+    if lora_rank > 0:
+        denoiser.requires_grad_(False)
+        adapted = add_lora(denoiser.net, rank=lora_rank)
+        for name, param in denoiser.named_parameters():
+            # New classes need their embedding rows learned, which a low-rank update elsewhere cannot do.
+            if ".lora_" in name or name.endswith(CLASS_TABLE_SUFFIX):
+                param.requires_grad_(True)
+        logger.info("LoRA rank %d on %d layers", lora_rank, len(adapted))
+    if freeze:
+        frozen = freeze_prefixes(denoiser, freeze)
+        logger.info("froze %d parameter tensors (prefixes %s)", len(frozen), list(freeze))
+    trainable = sum(p.numel() for p in denoiser.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in denoiser.parameters())
+    if init_from or lora_rank or freeze:
+        logger.info("%d of %d parameters train", trainable, total)

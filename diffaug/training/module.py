@@ -1,0 +1,217 @@
+"""The LightningModule: one denoising loss per batch, AdamW, EMA; Lightning owns the loop.
+
+Given a denoiser and an objective, it adds only what training needs around them: classifier-free-guidance
+label dropout, the optimizer and learning-rate schedule, the EMA of the weights, non-finite loss handling,
+validation with and without the EMA, and metrics (loss per noise-level bucket). Gradient clipping,
+accumulation and mixed precision are the Trainer's settings.
+
+Randomness of a step (t, noise, label dropout, dropout inside the net) comes from seeds derived from
+(seed, rank, global_step, batch_idx), not from a global stream, so a resumed run repeats exactly the steps
+an uninterrupted run would take.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, get_args
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from diffaug.checkpoint import CHECKPOINT_KEY
+from diffaug.diffusion.denoiser import Denoiser
+from diffaug.diffusion.losses import Objective, drop_labels
+from diffaug.training.data import derive_seed
+from diffaug.training.ema import EMA
+from diffaug.training.schedule import LRSchedule, build_lr_scheduler
+
+logger = logging.getLogger(__name__)
+
+OnNonFinite = Literal["stop", "skip"]
+NUM_BUCKETS = 4
+# Streams of derive_seed, so the per-step seeds of different uses never coincide.
+_TRAIN_STREAM, _DROPOUT_STREAM, _VAL_STREAM = 0, 1, 2
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped on a NaN/inf loss (training.on_nonfinite="stop")."""
+
+
+def bucket_names(num_buckets: int = NUM_BUCKETS) -> list[str]:
+    """Metric suffixes of the noise-level buckets: process time normalised to [0, 1], equal intervals."""
+    return [f"t{b / num_buckets:.2f}-{(b + 1) / num_buckets:.2f}" for b in range(num_buckets)]
+
+
+class DiffusionModule(pl.LightningModule):
+    """Trains ``denoiser`` on ``objective``; ``self.ema`` holds the moving average used for inference."""
+
+    def __init__(
+        self,
+        *,
+        denoiser: Denoiser,
+        objective: Objective,
+        label_dropout: float = 0.1,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        max_steps: int = 1000,
+        lr_schedule: LRSchedule = "constant",
+        min_lr_ratio: float = 0.1,
+        ema_halflife_kimg: float = 10.0,
+        ema_rampup: float | None = 0.05,
+        on_nonfinite: OnNonFinite = "stop",
+        seed: int = 0,
+        compile: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if on_nonfinite not in get_args(OnNonFinite):
+            raise ValueError(
+                f"on_nonfinite={on_nonfinite!r} is not valid; choose one of {get_args(OnNonFinite)}"
+            )
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        self.denoiser = denoiser
+        self.objective = objective
+        self.label_dropout = label_dropout
+        self.optimizer_settings = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+        self.schedule_settings = dict(warmup_steps=warmup_steps, max_steps=max_steps, schedule=lr_schedule,
+                                      min_lr_ratio=min_lr_ratio)
+        self.on_nonfinite: OnNonFinite = on_nonfinite
+        self.seed = seed
+        self.metadata = metadata or {}
+        self.ema = EMA(denoiser, halflife_kimg=ema_halflife_kimg, rampup=ema_rampup)
+        if compile:
+            # In place, so parameter names (and checkpoints) are the same as without compilation.
+            self.denoiser.net.compile()
+        self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.int64))
+        # Per-rank loss sums / counts per noise-level bucket since the last log step. Plain attributes, not
+        # buffers: DDP would overwrite buffers with rank zero's at every forward.
+        self._bucket_sum: Tensor | None = None
+        self._bucket_count: Tensor | None = None
+        self._skip_this_step = False  # a micro-batch of this optimizer step had a non-finite loss
+        self._images_this_step = 0  # images in the micro-batches of this optimizer step, this rank
+        self._stepped = False  # an optimizer step ran since the last on_train_batch_end
+
+    # ------------------------------------------------------------------ training
+
+    def _generator(self, stream: int, *parts: int) -> torch.Generator:
+        return torch.Generator(self.device).manual_seed(derive_seed(self.seed, stream, *parts))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Dropout and any other draw inside the network come from the global stream: seed it per step.
+        step_seed = derive_seed(self.seed, _DROPOUT_STREAM, self.global_rank, self.global_step, batch_idx)
+        torch.manual_seed(step_seed)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x0, labels = batch  # (N, C, H, W) in [-1, 1], (N,)
+        generator = self._generator(_TRAIN_STREAM, self.global_rank, self.global_step, batch_idx)
+        class_labels = None
+        if self.denoiser.conditional:
+            class_labels = drop_labels(labels, self.label_dropout, self.denoiser.null_class, generator)
+        per_sample, t = self.objective.loss(self.denoiser, x0, class_labels, generator)  # (N,), (N,)
+        loss = per_sample.mean()
+        if self._any_rank(~torch.isfinite(loss)):
+            self._handle_nonfinite(loss, batch_idx)
+        else:
+            self._accumulate_buckets(per_sample.detach(), t)
+        self._images_this_step += x0.shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=x0.shape[0])
+        return loss
+
+    def _any_rank(self, flag: Tensor) -> bool:
+        """True when ``flag`` holds on any rank, so that every rank takes the same branch."""
+        flag = flag.to(torch.float32)
+        if self.trainer.world_size > 1:
+            flag = self.trainer.strategy.reduce(flag, reduce_op="max")
+        return bool(flag > 0)
+
+    def _handle_nonfinite(self, loss: Tensor, batch_idx: int) -> None:
+        where = f"step {self.global_step} (batch {batch_idx} of epoch {self.current_epoch})"
+        if self.on_nonfinite == "stop":
+            # Raised before backward: no weight was touched, the newest checkpoint holds good weights.
+            raise NonFiniteLossError(
+                f"the training loss is {loss.item()} at {where}; stopping. Lower training.lr, set "
+                "training.grad_clip, or pass training.on_nonfinite=skip to skip such steps"
+            )
+        logger.warning("non-finite training loss (%s) at %s: skipping this optimizer step",
+                       loss.item(), where)
+        self._skip_this_step = True  # gradients are dropped in on_before_optimizer_step
+
+    def _accumulate_buckets(self, per_sample: Tensor, t: Tensor) -> None:
+        process = self.denoiser.process
+        u = ((t - process.t_min) / (process.t_max - process.t_min)).clamp(0.0, 1.0)
+        index = (u * NUM_BUCKETS).long().clamp(max=NUM_BUCKETS - 1)  # (N,)
+        if self._bucket_sum is None:
+            self._bucket_sum = torch.zeros(NUM_BUCKETS, dtype=torch.float64, device=per_sample.device)
+            self._bucket_count = torch.zeros(NUM_BUCKETS, dtype=torch.float64, device=per_sample.device)
+        self._bucket_sum.index_add_(0, index, per_sample.to(torch.float64))
+        self._bucket_count.index_add_(0, index, torch.ones_like(per_sample, dtype=torch.float64))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_this_step:
+            # No gradient -> AdamW leaves weights and moments untouched (and clipping sees nothing).
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Called once per optimizer step (after all accumulated micro-batches).
+        if self._skip_this_step:
+            self.skipped_steps += 1
+        else:
+            self.ema.update(self.denoiser, batch_images=self._images_this_step * self.trainer.world_size)
+        self._skip_this_step = False
+        self._images_this_step = 0
+        self._stepped = True
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # After an optimizer step that lands on a logging step, log the bucket means since the last one.
+        if not self._stepped:
+            return
+        self._stepped = False
+        if self.global_step % self.trainer.log_every_n_steps or self._bucket_sum is None:
+            return
+        sums, counts = self._bucket_sum, self._bucket_count
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        for name, total, count in zip(bucket_names(), sums.tolist(), counts.tolist()):
+            if count > 0:
+                self.log(f"train/loss_{name}", total / count, on_step=True, on_epoch=False)
+        self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, on_epoch=False)
+        self._bucket_sum.zero_()
+        self._bucket_count.zero_()
+
+    # ------------------------------------------------------------------ validation
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x0, labels = batch
+        class_labels = labels if self.denoiser.conditional else None
+        n = x0.shape[0]
+        for name, model in (("val/loss", self.denoiser), ("val/loss_ema", self.ema.module)):
+            # The same t and noise at every validation, so the curve shows the model, not the draw.
+            generator = self._generator(_VAL_STREAM, self.global_rank, batch_idx)
+            per_sample, _ = self.objective.loss(model, x0, class_labels, generator)
+            self.log(name, per_sample.mean(), on_step=False, on_epoch=True, sync_dist=True, batch_size=n,
+                     prog_bar=name == "val/loss_ema")
+
+    # ------------------------------------------------------------------ optimizer
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.denoiser.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no trainable parameters: training.freeze covers the whole network")
+        optimizer = torch.optim.AdamW(params, **self.optimizer_settings)
+        scheduler = build_lr_scheduler(optimizer, **self.schedule_settings)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.metadata

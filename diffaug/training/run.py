@@ -1,0 +1,263 @@
+"""``train(cfg)``: build everything from the config, run Lightning's fit, export the EMA weights.
+
+A run directory holds everything a run writes:
+
+    config.yaml             the resolved config (rewritten on resume)
+    checkpoints/last.ckpt   every training.checkpoint_every_n_steps and at the end; plus top-k checkpoints
+    hpc_ckpt_N.ckpt         written by Lightning when SLURM signals a requeue
+    samples/step_*.png      EMA sample grids, one row per class
+    logs/ or wandb/         CSV or W&B logs (wandb_run_id.txt keeps one W&B run across resumes)
+    model.safetensors       the final EMA weights with the config, for inference
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from diffaug.build import build_datamodule, build_module, conditional_num_classes
+from diffaug.checkpoint import save_weights
+from diffaug.config import ConfigError, config_hash, save_config, to_dict
+from diffaug.training.callbacks import SampleGrid, StepProgressBar, Throughput
+from diffaug.training.data import DataPositionCallback, ResumableDataModule
+from diffaug.training.module import NonFiniteLossError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+WEIGHTS_FILE = "model.safetensors"
+WANDB_ID_FILE = "wandb_run_id.txt"
+BEST_MONITOR = "val/loss_ema"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None  # lowest val/loss_ema, or the newest step when there is no validation data
+    weights: Path | None  # model.safetensors, written when training reached max_steps
+    final_step: int
+
+
+# ---------------------------------------------------------------- resume
+
+
+def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
+    """None: start fresh; "auto": the run's newest checkpoint (None if it has none); else a file path."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        candidates = [*(run_dir / CHECKPOINT_DIR).glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+        if not candidates:
+            logger.info("resume=auto: no checkpoint in %s yet, starting from scratch", run_dir)
+            return None
+        return max(candidates, key=lambda p: (p.stat().st_mtime, p.name == LAST_CHECKPOINT))
+    path = Path(resume)
+    if not path.is_file():
+        raise ConfigError(f"invalid value for config key 'training.resume': {resume!r}; no such checkpoint "
+                          "file (use 'auto' for the newest checkpoint of the run directory)")
+    return path
+
+
+# ---------------------------------------------------------------- loggers and callbacks
+
+
+def _wandb_run_id(run_dir: Path) -> str | None:
+    """The run's W&B id, created once by rank zero, so a resumed or requeued job continues the same run."""
+    path = run_dir / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    if rank_zero_only.rank != 0:
+        return None
+    run_id = secrets.token_hex(4)  # W&B accepts any short [a-z0-9] id
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+    log = cfg.logging
+    if log.logger == "none":
+        return []
+    if log.logger == "csv":
+        csv = CSVLogger(save_dir=str(run_dir), name="logs")
+        csv.log_hyperparams(to_dict(cfg))
+        return [csv]
+    return [WandbLogger(
+        project=log.project, entity=log.entity, name=cfg.name, id=_wandb_run_id(run_dir), resume="allow",
+        save_dir=str(run_dir), mode=log.mode, tags=list(log.tags), config=to_dict(cfg),
+    )]
+
+
+class FinalCheckpoint(Callback):
+    """Writes last.ckpt at the end when the last step was not a checkpoint step."""
+
+    def __init__(self, *, path: Path, every_n_steps: int):
+        self.path = path
+        self.every_n_steps = every_n_steps
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step % self.every_n_steps:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, *, has_val: bool, class_names: list[str],
+                    with_logger: bool) -> tuple[list[Callback], ModelCheckpoint]:
+    """The callbacks, and the top-k checkpoint callback (for the best path)."""
+    t = cfg.training
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                           every_n_train_steps=t.checkpoint_every_n_steps)
+    if has_val:  # saved after each validation
+        best = ModelCheckpoint(dirpath=ckpt_dir, monitor=BEST_MONITOR, mode="min", save_top_k=t.save_top_k,
+                               filename="step={step:07d}-val_loss_ema={val/loss_ema:.5f}",
+                               auto_insert_metric_name=False)
+    else:
+        best = ModelCheckpoint(dirpath=ckpt_dir, monitor="step", mode="max", save_top_k=t.save_top_k,
+                               every_n_train_steps=t.checkpoint_every_n_steps, filename="step={step:07d}",
+                               auto_insert_metric_name=False)
+    callbacks: list[Callback] = [
+        DataPositionCallback(),
+        Throughput(),
+        last,
+        best,
+        FinalCheckpoint(path=ckpt_dir / LAST_CHECKPOINT, every_n_steps=t.checkpoint_every_n_steps),
+    ]
+    if with_logger:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.logging.progress_bar:
+        callbacks.append(StepProgressBar(refresh_rate=max(1, t.log_every_n_steps)))
+    if t.sample_every_n_steps:
+        s = cfg.sampling
+        callbacks.append(SampleGrid(
+            every_n_steps=t.sample_every_n_steps, out_dir=run_dir / "samples", class_names=class_names,
+            sampler=s.sampler, steps=s.steps, guidance_scale=s.guidance_scale,
+            sampler_args=OmegaConf.to_container(s.sampler_args), seed=s.seed,
+        ))
+    return callbacks, best
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, *, callbacks: list[Callback], loggers: list[Logger],
+                  has_val: bool) -> pl.Trainer:
+    t = cfg.training
+    val_every = t.val_every_n_steps or t.checkpoint_every_n_steps
+    return pl.Trainer(
+        default_root_dir=str(run_dir),  # where Lightning's SLURM requeue writes hpc_ckpt_N.ckpt
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        gradient_clip_val=t.grad_clip,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        # Counted in batches when check_val_every_n_epoch is None; a step is accumulate_grad_batches batches.
+        val_check_interval=val_every * t.accumulate_grad_batches if has_val else None,
+        check_val_every_n_epoch=None if has_val else 1,
+        limit_val_batches=None if has_val else 0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_progress_bar=cfg.logging.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # ResumableBatchSampler splits the data across ranks itself
+    )
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _finish_wandb(loggers: list[Logger], succeeded: bool) -> None:
+    """Close the W&B run: Lightning leaves it open, and the next train() in this process would reuse it."""
+    if any(isinstance(lg, WandbLogger) for lg in loggers) and rank_zero_only.rank == 0:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=0 if succeeded else 1)
+
+
+@rank_zero_only
+def _write_config(cfg: DictConfig, run_dir: Path) -> None:
+    path = run_dir / CONFIG_FILE
+    if path.is_file():
+        def settings(config: dict) -> str:  # what the run does, whether or not it resumes
+            config["training"].pop("resume", None)
+            return config_hash(config)
+
+        if settings(OmegaConf.to_container(OmegaConf.load(path), resolve=True)) != settings(to_dict(cfg)):
+            logger.warning("%s differs from this run's config; overwriting it (checkpoints keep their own)",
+                           path)
+    save_config(cfg, path)
+
+
+def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train a diffusion model as configured; resumes per ``training.resume``. Returns where things went.
+
+    ``callbacks``: extra Lightning callbacks (custom logging, early stopping) added to the run's own.
+    """
+    t = cfg.training
+    run_dir = Path(cfg.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume_path = find_resume_checkpoint(t.resume, run_dir)
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    _write_config(cfg, run_dir)
+
+    inner = build_datamodule(cfg)
+    inner.setup("fit")
+    class_names = list(inner.class_map.names)
+    has_val = inner.val_set is not None
+    module = build_module(cfg, conditional_num_classes(class_names), class_names,
+                          init_weights=resume_path is None)
+    loggers = build_loggers(cfg, run_dir)
+    own_callbacks, best = build_callbacks(cfg, run_dir, has_val=has_val, class_names=class_names,
+                                          with_logger=bool(loggers))
+    trainer = build_trainer(cfg, run_dir, callbacks=[*own_callbacks, *callbacks], loggers=loggers,
+                            has_val=has_val)
+    if resume_path is not None:
+        logger.info("resuming from %s", resume_path)
+    succeeded = False
+    try:
+        with warnings.catch_warnings():
+            if resume_path is not None:  # a resumed run's checkpoint folder is not empty, by design
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            trainer.fit(module, datamodule=ResumableDataModule(inner, seed=t.seed), ckpt_path=resume_path,
+                        weights_only=True)
+        succeeded = True
+    except NonFiniteLossError:
+        newest = find_resume_checkpoint("auto", run_dir)
+        logger.error("training stopped on a non-finite loss; newest checkpoint (last good weights): %s",
+                     newest)
+        raise
+    finally:
+        _finish_wandb(loggers, succeeded)
+
+    weights = None
+    if trainer.global_step >= t.max_steps:
+        weights = run_dir / WEIGHTS_FILE
+        if trainer.is_global_zero:
+            save_weights(weights, module.ema.module.state_dict(), config=to_dict(cfg),
+                         class_names=class_names)
+    else:
+        logger.warning("training ended at step %d before max_steps=%d; no %s written",
+                       trainer.global_step, t.max_steps, WEIGHTS_FILE)
+    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    return TrainResult(
+        run_dir=run_dir,
+        last_checkpoint=last if last.is_file() else None,
+        best_checkpoint=Path(best.best_model_path) if best.best_model_path else None,
+        weights=weights,
+        final_step=trainer.global_step,
+    )
