@@ -101,10 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Imported here so that `diffaug config` does not pay for torch and Lightning.
+    from diffaug.checkpoint import CheckpointError
+
     try:
         return args.func(args)
     except ConfigError as err:
         print(f"diffaug: config error: {err}", file=sys.stderr)
+        return 2
+    except (CheckpointError, FileNotFoundError) as err:
+        print(f"diffaug: {err}", file=sys.stderr)
         return 2
 
 

@@ -156,6 +156,7 @@ def validate(cfg: DictConfig) -> None:
     _require(t.lora_rank >= 0, "training.lora_rank", t.lora_rank, "must be 0 (off) or more")
     _require(s.steps >= 1, "sampling.steps", s.steps, "must be at least 1")
     _require(s.batch_size >= 1, "sampling.batch_size", s.batch_size, "must be at least 1")
+    _require(s.microbatch >= 1, "sampling.microbatch", s.microbatch, "must be at least 1")
     _require(0.0 < e.strength <= 1.0, "export.strength", e.strength, "must be in (0, 1]")
     bad_formats = sorted(set(e.formats) - {"folder", "shards"})
     _require(not bad_formats and len(e.formats) > 0, "export.formats", list(e.formats),

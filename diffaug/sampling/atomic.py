@@ -1,0 +1,83 @@
+"""Crash-safe file writes: a file appears under its final name complete or not at all.
+
+Every write goes to a hidden temporary name in the same directory (so ``os.replace`` is an atomic
+rename on the same file system), is flushed and fsynced, then renamed. Temporary names carry the
+writer's part number (``tag``) so a restarted part can remove what its killed predecessor left behind
+without touching files another part is writing at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+TEMP_MARKER = ".tmp-"
+
+
+def temp_path(path: Path, tag: str) -> Path:
+    return path.parent / f".{path.name}{TEMP_MARKER}{tag}-{os.getpid()}"
+
+
+def is_temp_name(name: str, tag: str | None = None) -> bool:
+    """Whether ``name`` is a temporary file of this module (of part ``tag`` when given)."""
+    if not name.startswith(".") or TEMP_MARKER not in name:
+        return False
+    return tag is None or f"{TEMP_MARKER}{tag}-" in name
+
+
+def fsync_dir(path: Path) -> None:
+    """Make renames inside ``path`` durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, tag: str = "w", sync_dir: bool = True) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path, tag)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, *, tag: str = "w") -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), tag=tag)
+
+
+def canonical_json(data: Any) -> str:
+    """JSON with sorted keys and a trailing newline: equal data give equal bytes."""
+    return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def atomic_write_json(path: str | Path, data: Any, *, tag: str = "w") -> Path:
+    return atomic_write_text(path, canonical_json(data), tag=tag)
+
+
+def remove_temp_files(root: str | Path, tag: str | None = None) -> int:
+    """Delete temporary files under ``root`` (only part ``tag``'s when given); returns how many."""
+    removed = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if is_temp_name(name, tag):
+                Path(directory, name).unlink(missing_ok=True)
+                removed += 1
+    return removed

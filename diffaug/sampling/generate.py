@@ -1,0 +1,139 @@
+"""Turn work items into uint8 images with a sampler from the diffusion core."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from diffaug.config import ConfigError
+from diffaug.data.transforms import to_uint8
+from diffaug.sampling.fixed_shape import FixedShapeDenoiser
+from diffaug.sampling.plan import WorkItem
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["32", "bf16", "16"]
+PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(
+            f"invalid value for config key 'sampling.device': {name!r} ({error}); "
+            "use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"sampling.device={name} but CUDA is not available here; use sampling.device=cpu or auto"
+        )
+    return device
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA; on CPU always fp32 (CPU bf16 convolutions are many times slower)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"invalid value for config key 'sampling.precision': {precision!r}; "
+            f"choose one of {', '.join(PRECISIONS)}"
+        )
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        log.warning("sampling.precision=%s applies on CUDA only; sampling on %s in fp32", precision, device)
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def is_conditional(denoiser: Any) -> bool:
+    return bool(getattr(denoiser, "num_classes", None))
+
+
+@torch.no_grad()
+def generate_images(
+    denoiser: Callable[..., Tensor],
+    process: Any,
+    items: Sequence[WorkItem],
+    *,
+    image_shape: tuple[int, int, int],
+    sampler: str,
+    steps: int,
+    sampler_args: Mapping[str, Any] | None = None,
+    device: torch.device,
+    precision: Precision = "32",
+    microbatch: int = 32,
+    x_start: Tensor | None = None,
+    strength: float | None = None,
+) -> Tensor:
+    """(N, C, H, W) uint8 images, image n made from ``items[n]``'s seed, class and guidance only.
+
+    The network runs on chunks of exactly ``microbatch`` rows (see :class:`FixedShapeDenoiser`).
+    ``x_start`` (N, C, H, W) in [-1, 1] with ``strength`` makes SDEdit variations of real images.
+    """
+    from diffaug.diffusion import sample  # the diffusion core's single sampler entry point
+
+    if not items:
+        return torch.empty((0, *image_shape), dtype=torch.uint8)
+    conditional = is_conditional(denoiser)
+    # Guidance needs a class-conditional network; an unconditional one samples with scale 1.
+    unguided = [not conditional or it.guidance == 1.0 for it in items]
+    if any(unguided) and not all(unguided):
+        # A batch whose scales are all 1 runs one conditional pass, any other batch the guided formula,
+        # which rounds differently even where the scale is 1: sample the two groups apart so that an
+        # image never depends on the scales of its batch mates.
+        groups = [[n for n, u in enumerate(unguided) if u], [n for n, u in enumerate(unguided) if not u]]
+        out = torch.empty((len(items), *image_shape), dtype=torch.uint8)
+        for group in groups:
+            out[group] = generate_images(
+                denoiser,
+                process,
+                [items[n] for n in group],
+                image_shape=image_shape,
+                sampler=sampler,
+                steps=steps,
+                sampler_args=sampler_args,
+                device=device,
+                precision=precision,
+                microbatch=microbatch,
+                x_start=None if x_start is None else x_start[group],
+                strength=strength,
+            )
+        return out
+
+    labels = (
+        torch.tensor([it.class_index for it in items], dtype=torch.int64, device=device)
+        if conditional
+        else None
+    )
+    guidance = torch.tensor(
+        [1.0 if u else it.guidance for it, u in zip(items, unguided, strict=True)], dtype=torch.float32
+    )
+    with autocast_for(device, precision):
+        x0 = sample(
+            sampler,
+            FixedShapeDenoiser(denoiser, microbatch),
+            process,
+            shape=(len(items), *image_shape),
+            seeds=[it.seed for it in items],
+            class_labels=labels,
+            steps=steps,
+            guidance_scale=guidance,
+            x_start=None if x_start is None else x_start.to(device),
+            strength=strength if x_start is not None else None,
+            device=device,
+            **dict(sampler_args or {}),
+        )  # (N, C, H, W)
+    return to_uint8(x0.float()).cpu()

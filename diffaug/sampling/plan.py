@@ -1,0 +1,160 @@
+"""What an export makes: its plan (every setting that shapes the files), its work items, and which
+part of them each process makes.
+
+Work item ``(c, i)`` is image ``i`` of class ``c``. Items are ordered by class then index; item ``j`` of
+that order belongs to part ``j % world_size``, so parts are disjoint, cover everything, and stay
+balanced across classes whatever the quotas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from diffaug.config import ConfigError
+from diffaug.registry import did_you_mean
+from diffaug.sampling.atomic import canonical_json
+from diffaug.sampling.seeds import derive_seed
+
+FORMATS = ("folder", "shards")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    class_index: int
+    index: int  # position within its class: 0 .. quota-1
+    seed: int
+    guidance: float
+    source: str | None = None  # the real image this one is a variation of (image-conditioned mode)
+
+    @property
+    def key(self) -> str:
+        """Unique sample key without dots (webdataset splits keys at the first dot)."""
+        return f"c{self.class_index:05d}_{self.index:07d}"
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.index:06d}.png"
+
+
+def resolve_guidance(
+    class_names: Sequence[str], guidance_scale: float, class_guidance: Mapping[str, float] | None
+) -> list[float]:
+    """The guidance scale of every class: the global scale unless ``class_guidance`` names the class."""
+    class_guidance = dict(class_guidance or {})
+    unknown = [name for name in class_guidance if name not in class_names]
+    if unknown:
+        hint = did_you_mean(str(unknown[0]), list(class_names))
+        raise ConfigError(
+            f"sampling.class_guidance names unknown classes {unknown}; the checkpoint's classes are "
+            f"{list(class_names)}.{hint}"
+        )
+    return [float(class_guidance.get(name, guidance_scale)) for name in class_names]
+
+
+def build_items(
+    quotas: Sequence[int],
+    *,
+    base_seed: int,
+    guidance: Sequence[float],
+    sources: Sequence[Sequence[str]] | None = None,
+) -> list[WorkItem]:
+    """All work items ordered by (class, index).
+
+    In image-conditioned mode image ``i`` of class ``c`` varies source ``i % len(sources[c])`` (sources
+    sorted by the caller), so every real image is used as evenly as the quota allows.
+    """
+    items = []
+    for c, quota in enumerate(quotas):
+        class_sources = None if sources is None else sources[c]
+        if class_sources is not None and quota > 0 and len(class_sources) == 0:
+            raise ConfigError(
+                f"class {c} needs {quota} variations but export.source_images has no image of it"
+            )
+        for i in range(quota):
+            source = None if class_sources is None else class_sources[i % len(class_sources)]
+            items.append(WorkItem(c, i, derive_seed(base_seed, c, i), float(guidance[c]), source))
+    return items
+
+
+def items_of_part(items: Sequence[WorkItem], rank: int, world_size: int) -> list[WorkItem]:
+    """The items part ``rank`` of ``world_size`` makes: every ``world_size``-th, starting at ``rank``."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+    return list(items[rank::world_size])
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """Every setting that determines the exported files; equal plans give byte-equal sets.
+
+    Batch size, device, number of processes and output folder are not part of it: they cannot change
+    the result.
+    """
+
+    class_names: tuple[str, ...]
+    class_dirs: tuple[str, ...]  # sanitised folder name of each class
+    quotas: tuple[int, ...]  # images to generate per class
+    guidance: tuple[float, ...]  # guidance scale per class
+    sampler: str
+    steps: int
+    seed: int
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    checkpoint_sha256: str
+    sampler_args: dict[str, Any] = field(default_factory=dict)
+    precision: str = "32"
+    microbatch: int = 32  # rows per network call: fixes the numerics, see FixedShapeDenoiser
+    formats: tuple[str, ...] = ("folder",)
+    shard_size: int = 1000
+    strength: float | None = None  # SDEdit strength (image-conditioned mode)
+    sources: tuple[tuple[str, ...], ...] | None = None  # per class: real images to vary, sorted
+    curation: dict[str, Any] = field(default_factory=dict)  # classifier / near-duplicate settings
+
+    def __post_init__(self) -> None:
+        k = len(self.class_names)
+        for name in ("class_dirs", "quotas", "guidance"):
+            if len(getattr(self, name)) != k:
+                raise ValueError(
+                    f"ExportPlan.{name} needs one entry per class ({k}), got {len(getattr(self, name))}"
+                )
+        bad = sorted(set(self.formats) - set(FORMATS))
+        if bad or not self.formats:
+            raise ConfigError(
+                f"invalid value for config key 'export.formats': {list(self.formats)}; "
+                f"choose one or both of: {', '.join(FORMATS)}"
+            )
+        if self.shard_size < 1:
+            raise ConfigError(
+                f"invalid value for config key 'export.shard_size': {self.shard_size}; must be >= 1"
+            )
+        if self.sources is not None and (self.strength is None or not 0.0 < self.strength <= 1.0):
+            raise ConfigError(
+                f"image-conditioned export needs export.strength in (0, 1], got {self.strength}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists: the form it has in plan.json
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExportPlan:
+        d = dict(data)
+        for name in ("class_names", "class_dirs", "quotas", "guidance", "formats"):
+            d[name] = tuple(d[name])
+        d["image_shape"] = tuple(d["image_shape"])
+        if d.get("sources") is not None:
+            d["sources"] = tuple(tuple(s) for s in d["sources"])
+        return cls(**d)
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
+
+    def items(self) -> list[WorkItem]:
+        return build_items(self.quotas, base_seed=self.seed, guidance=self.guidance, sources=self.sources)
+
+    def image_path(self, item: WorkItem) -> str:
+        """Path of the item's PNG relative to the output folder."""
+        return f"images/{self.class_dirs[item.class_index]}/{item.file_name}"
