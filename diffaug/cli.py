@@ -95,10 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=None, help="this worker's part (default: from DDP or SLURM)")
     p.add_argument("--world-size", type=int, default=None, help="number of parts (default: from DDP or SLURM)")
     p.set_defaults(func=_cmd_export)
+
+    # Listed for --help only: main() hands "eval ..." to diffaug.evaluation.cli before this parser runs.
+    commands.add_parser("eval", help="evaluate: diffaug eval {downstream,fid} CONFIG.yaml... [key=value...]")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"]:  # the evaluation commands parse their own arguments, --help included
+        from diffaug.evaluation.cli import eval_main
+
+        return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Imported here so that `diffaug config` does not pay for torch and Lightning.

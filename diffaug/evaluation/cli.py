@@ -1,0 +1,160 @@
+"""``diffaug eval downstream|fid CONFIG.yaml... [key=value...] [--export DIR] [--out DIR]``.
+
+The config is the training run's: ``data.*`` names the real data (and ``data.per_class_limit`` /
+``data.seed`` the k-shot subset the model was trained on), ``eval.*`` the evaluation settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from diffaug.config import ConfigError, load_config
+from diffaug.evaluation.data import LabelledImages, load_export, load_real
+
+logger = logging.getLogger(__name__)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _export_dir(cfg: DictConfig, given: str | None) -> Path:
+    return Path(given or cfg.eval.export_dir or cfg.export.out_dir or Path(cfg.run_dir) / "export")
+
+
+def _out_dir(cfg: DictConfig, given: str | None, leaf: str) -> Path:
+    return Path(given) if given else Path(cfg.eval.out_dir or Path(cfg.run_dir) / "eval") / leaf
+
+
+def _real(cfg: DictConfig, *, split: str, per_class: int | None = None, max_items: int | None = None) -> LabelledImages:
+    d = cfg.data
+    if d.source == "shards" and split == "test":
+        raise ConfigError("data.source=shards has no test split to evaluate on; use a folder or IDX copy of the test data")
+    return load_real(
+        source=d.source, path=d.path, split=split, resolution=int(d.resolution), channels=int(d.channels),
+        per_class_limit=per_class, seed=int(d.seed), max_items=max_items,
+        class_names=None if d.class_names is None else list(d.class_names),
+    )
+
+
+def _downstream(cfg: DictConfig, args: argparse.Namespace) -> int:
+    from diffaug.evaluation.downstream import ARMS, check_arms, log_to_wandb, run_downstream, write_report
+    from diffaug.evaluation.recipe import ConventionalAugment, Recipe
+
+    s = cfg.eval.downstream
+    arms = check_arms(list(s.arms))  # before any data is read
+    k = s.per_class if s.per_class is not None else cfg.data.per_class_limit
+    real_train = _real(cfg, split="train", per_class=k)
+    test = _real(cfg, split=s.test_split, max_items=s.test_max_items)
+    synthetic = None
+    if any(ARMS[a].synthetic for a in arms):
+        synthetic = load_export(
+            _export_dir(cfg, args.export), resolution=int(cfg.data.resolution), channels=int(cfg.data.channels)
+        )
+    recipe = Recipe(
+        steps=int(s.steps), batch_size=int(s.batch_size), lr=float(s.lr), weight_decay=float(s.weight_decay),
+        label_smoothing=float(s.label_smoothing),
+        synthetic_fraction=None if s.synthetic_fraction is None else float(s.synthetic_fraction),
+    )
+    augment = ConventionalAugment(
+        translate=float(s.aug_translate), rotate=float(s.aug_rotate), scale=float(s.aug_scale), hflip=bool(s.aug_hflip)
+    )
+    result = run_downstream(
+        real_train=real_train, test=test, synthetic=synthetic, arms=arms, seeds=[int(x) for x in s.seeds],
+        recipe=recipe, augment=augment, classifier=s.classifier, classifier_args=dict(s.classifier_args),
+        device=_device(s.device),
+    )
+    k_text = f"{k} real images per class" if k is not None else "all real images"
+    paths = write_report(result, _out_dir(cfg, args.out, "downstream"), title=f"Downstream benchmark: {cfg.name}, {k_text}")
+    if cfg.logging.logger == "wandb":
+        log_to_wandb(result, paths, project=cfg.logging.project, entity=cfg.logging.entity, mode=cfg.logging.mode,
+                     name=f"{cfg.name}-downstream")
+    print(paths["report"].read_text().split("![")[0].rstrip())
+    print(f"\nreport: {paths['report']}\nplot:   {paths['plot']}")
+    return 0
+
+
+def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
+    from diffaug.evaluation.features import FEATURE_EXTRACTORS, domain_features, random_features
+    from diffaug.evaluation.quality import sample_quality, write_quality_report
+
+    q = cfg.eval.quality
+    device = _device(q.device)
+    FEATURE_EXTRACTORS.get(q.features)  # KeyError listing the extractors before any data is read
+    reference = _real(cfg, split=q.reference_split, max_items=q.reference_max_items)
+    synthetic = load_export(
+        _export_dir(cfg, args.export), resolution=int(cfg.data.resolution), channels=int(cfg.data.channels),
+        max_items=q.max_items,
+    )
+    if q.features == "inception":
+        from diffaug.evaluation.features import InceptionFeatures
+
+        extractor = InceptionFeatures(path=q.inception_path, device=device)
+    elif q.features == "domain":
+        # Judged by a classifier of all the real training data, not only the k images the model saw.
+        extractor = domain_features(
+            _real(cfg, split="train"), cache_dir=q.cache_dir, steps=int(q.domain_steps), seed=int(q.seed), device=device
+        )
+    else:
+        extractor = random_features(in_channels=int(cfg.data.channels), seed=int(q.seed), device=device)
+    report = sample_quality(
+        reference, synthetic, extractor=extractor, cache_dir=q.cache_dir, per_class=bool(q.per_class),
+        kid_subsets=int(q.kid_subsets), kid_subset_size=int(q.kid_subset_size), seed=int(q.seed),
+    )
+    paths = write_quality_report(report, _out_dir(cfg, args.out, "quality"))
+    if cfg.logging.logger == "wandb":
+        import wandb
+
+        run = wandb.init(project=cfg.logging.project, entity=cfg.logging.entity, mode=cfg.logging.mode,
+                         name=f"{cfg.name}-quality", job_type="quality", reinit=True)
+        run.log({f"quality/{key}": value for key, value in report["overall"].items()}
+                | {f"quality/{name}/fid": m["fid"] for name, m in report["per_class"].items()})
+        run.finish()
+    print(paths["report"].read_text())
+    print(json.dumps(report["overall"]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffaug eval", description="Evaluate an exported augmentation set.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, func, text in (
+        ("downstream", _downstream, "train classifiers on real / augmented / synthetic arms and compare test accuracy"),
+        ("fid", _fid, "FID and KID of the exported set against the real data, overall and per class"),
+    ):
+        p = commands.add_parser(name, help=text)
+        p.add_argument("items", nargs="*", metavar="CONFIG_OR_OVERRIDE")
+        p.add_argument("--export", default=None, help="augmentation set folder (default: eval.export_dir, "
+                       "export.out_dir, else <run_dir>/export)")
+        p.add_argument("--out", default=None, help="report folder (default: <eval.out_dir or run_dir/eval>/<command>)")
+        p.set_defaults(func=func)
+    return parser
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``diffaug eval``; returns the exit status (2 for a config error)."""
+    args = build_parser().parse_args(argv)
+    files = [item for item in args.items if "=" not in item]
+    overrides = [item for item in args.items if "=" in item]
+    try:
+        cfg = load_config(files, overrides)
+        return args.func(cfg, args)
+    except (ConfigError, KeyError, ValueError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"diffaug eval: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(eval_main())

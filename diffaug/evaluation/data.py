@@ -1,0 +1,181 @@
+"""In-memory labelled image sets for evaluation: real data and exported augmentation sets.
+
+Both are read through :class:`diffaug.data.DiffusionDataModule`, so evaluation sees exactly the pixels
+and the k-shot subset that training saw. Images are held as uint8 (small, and hashable exactly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from diffaug.data import ClassMap, DiffusionDataModule, to_uint8
+from diffaug.sampling.names import sanitize_class_names
+
+logger = logging.getLogger(__name__)
+
+ExportFormat = Literal["auto", "folder", "shards"]
+_LOAD_BATCH = 512
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """``images`` (N, C, H, W) uint8 with ``labels`` (N,) int64 indexing ``class_map``."""
+
+    images: Tensor
+    labels: Tensor
+    class_map: ClassMap
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(f"labels must have shape ({len(self.images)},), got {tuple(self.labels.shape)}")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_map)):
+            raise ValueError(f"labels must lie in [0, {len(self.class_map)}) for the class map")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_map)
+
+    def class_counts(self) -> np.ndarray:
+        """(num_classes,) images per class."""
+        return np.bincount(self.labels.numpy(), minlength=self.num_classes)
+
+    def subset(self, mask_or_index: Tensor) -> LabelledImages:
+        return LabelledImages(self.images[mask_or_index], self.labels[mask_or_index], self.class_map)
+
+    def content_hash(self) -> str:
+        """SHA-256 of the pixels, labels and class names: the key of every cache derived from this set."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(list(self.class_map.names)).encode())
+        digest.update(str(tuple(self.images.shape)).encode())
+        digest.update(self.images.contiguous().numpy().tobytes())
+        digest.update(self.labels.contiguous().numpy().astype("<i8").tobytes())
+        return digest.hexdigest()
+
+    def aligned_to(self, class_map: ClassMap) -> LabelledImages:
+        """The same images with labels re-indexed into ``class_map`` (matched by class name)."""
+        if class_map == self.class_map:
+            return self
+        unknown = [name for name in self.class_map.names if name not in class_map.names]
+        if unknown:
+            raise ValueError(
+                f"classes {unknown} of this set are not among the real data's classes {list(class_map.names)}; "
+                "evaluate against the data the model was trained on"
+            )
+        lookup = torch.tensor([class_map.index(name) for name in self.class_map.names], dtype=torch.int64)
+        return LabelledImages(self.images, lookup[self.labels], class_map)
+
+
+def _materialise(dataset: Dataset, class_map: ClassMap) -> LabelledImages:
+    images: list[Tensor] = []
+    labels: list[Tensor] = []
+    for x, y in DataLoader(dataset, batch_size=_LOAD_BATCH, shuffle=False):
+        images.append(to_uint8(x))  # (B, C, H, W) uint8; exact: the sources hold 8-bit pixels
+        labels.append(y.to(torch.int64))
+    if not images:
+        raise ValueError("the data set is empty")
+    return LabelledImages(torch.cat(images), torch.cat(labels), class_map)
+
+
+def load_real(
+    *,
+    source: str,
+    path: str | os.PathLike | None,
+    split: Literal["train", "test"],
+    resolution: int,
+    channels: int,
+    per_class_limit: int | None = None,
+    seed: int = 0,
+    max_items: int | None = None,
+    class_names: list[str] | None = None,
+) -> LabelledImages:
+    """A real split. With ``per_class_limit`` = k and the training run's ``seed``, the k images per class
+    are the ones the diffusion model was trained on (the data module's split does not depend on its
+    validation fraction)."""
+    module = DiffusionDataModule(
+        source=source,  # type: ignore[arg-type]
+        path=path,
+        split=split,
+        resolution=resolution,
+        channels=channels,
+        batch_size=1,
+        val_fraction=0.0,
+        per_class_limit=per_class_limit,
+        seed=seed,
+        max_items=max_items,
+        class_names=class_names,
+        shuffle_buffer=0,
+    )
+    module.setup("fit")
+    data = _materialise(module.train_set, module.class_map)
+    logger.info("loaded %d real %s images (%s)", len(data), split, source)
+    return data
+
+
+def load_export(
+    export_dir: str | os.PathLike,
+    *,
+    resolution: int,
+    channels: int,
+    fmt: ExportFormat = "auto",
+    max_items: int | None = None,
+) -> LabelledImages:
+    """An exported augmentation set: ``images/<class folder>/`` (folder format) or ``shards/``.
+
+    Class folders carry sanitised names; ``classes.json`` beside them gives the real names in class
+    order, so labels follow the exporter's class indices, not the folders' alphabetical order.
+    """
+    if fmt not in get_args(ExportFormat):
+        raise ValueError(f"fmt={fmt!r} is not valid; choose one of {list(get_args(ExportFormat))}")
+    root = Path(export_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"export folder {root} does not exist; run `diffaug export` first")
+    folder_ok = (root / "images").is_dir() and (root / "classes.json").is_file()
+    shards_ok = (root / "shards").is_dir()
+    if fmt == "auto":
+        fmt = "folder" if folder_ok else "shards" if shards_ok else "auto"
+    if fmt == "folder" and folder_ok:
+        return _load_export_folder(root, resolution=resolution, channels=channels, max_items=max_items)
+    if fmt == "shards" and shards_ok:
+        module = DiffusionDataModule(
+            source="shards", path=root / "shards", resolution=resolution, channels=channels, batch_size=_LOAD_BATCH,
+            val_fraction=0.0, shuffle_buffer=0, max_items=max_items,
+        )
+        module.setup("fit")
+        return _materialise(module.train_set, module.class_map)
+    raise FileNotFoundError(
+        f"{root} holds no finished augmentation set in format {fmt!r}: expected images/ with classes.json "
+        "(format folder) or shards/ (format shards), as written by `diffaug export`"
+    )
+
+
+def _load_export_folder(root: Path, *, resolution: int, channels: int, max_items: int | None) -> LabelledImages:
+    names = ClassMap.from_json(root / "classes.json")
+    dirs = sanitize_class_names(names.names)
+    present = [d for d in dirs if (root / "images" / d).is_dir()]
+    if not present:
+        raise FileNotFoundError(f"{root / 'images'} has none of the class folders {list(dirs)}")
+    module = DiffusionDataModule(
+        source="folder", path=root / "images", resolution=resolution, channels=channels, batch_size=1,
+        val_fraction=0.0, class_names=present, max_items=max_items,
+    )
+    module.setup("fit")
+    data = _materialise(module.train_set, module.class_map)
+    # folder class j is export class dirs.index(present[j])
+    lookup = torch.tensor([dirs.index(d) for d in present], dtype=torch.int64)
+    return LabelledImages(data.images, lookup[data.labels], names)
