@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, default=None, help="number of parts (default: from DDP or SLURM)")
     p.set_defaults(func=_cmd_export)
 
+    from diffaug.cluster.cli import add_slurm_commands
+
+    add_slurm_commands(commands)
+
     # Listed for --help only: main() hands "eval ..." to diffaug.evaluation.cli before this parser runs.
     commands.add_parser("eval", help="evaluate: diffaug eval {downstream,fid} CONFIG.yaml... [key=value...]")
     return parser

@@ -4,7 +4,7 @@ A run directory holds everything a run writes:
 
     config.yaml             the resolved config (rewritten on resume)
     checkpoints/last.ckpt   every training.checkpoint_every_n_steps and at the end; plus top-k checkpoints
-    hpc_ckpt_N.ckpt         written by Lightning when SLURM signals a requeue
+    hpc_ckpt_N.ckpt         written on SLURM's requeue signal (diffaug.cluster.requeue)
     samples/step_*.png      EMA sample grids, one row per class
     logs/ or wandb/         CSV or W&B logs (wandb_run_id.txt keeps one W&B run across resumes)
     model.safetensors       the final EMA weights with the config, for inference
@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffaug.build import build_datamodule, build_module, conditional_num_classes
 from diffaug.checkpoint import save_weights
+from diffaug.cluster.requeue import JobRequeued, slurm_training_extras
 from diffaug.config import ConfigError, config_hash, save_config, to_dict
 from diffaug.training.callbacks import SampleGrid, StepProgressBar, Throughput
 from diffaug.training.data import DataPositionCallback, ResumableDataModule
@@ -149,11 +151,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, has_val: bool, class_name
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, *, callbacks: list[Callback], loggers: list[Logger],
-                  has_val: bool) -> pl.Trainer:
+                  has_val: bool, plugins: Sequence[Any] = ()) -> pl.Trainer:
     t = cfg.training
     val_every = t.val_every_n_steps or t.checkpoint_every_n_steps
     return pl.Trainer(
-        default_root_dir=str(run_dir),  # where Lightning's SLURM requeue writes hpc_ckpt_N.ckpt
+        default_root_dir=str(run_dir),  # where Lightning looks for hpc_ckpt_N.ckpt on a SLURM restart
         max_steps=t.max_steps,
         max_epochs=-1,
         accelerator=t.accelerator,
@@ -174,6 +176,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, callbacks: list[Callback], 
         enable_progress_bar=cfg.logging.progress_bar,
         enable_model_summary=False,
         use_distributed_sampler=False,  # ResumableBatchSampler splits the data across ranks itself
+        plugins=list(plugins) or None,
     )
 
 
@@ -224,8 +227,10 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     loggers = build_loggers(cfg, run_dir)
     own_callbacks, best = build_callbacks(cfg, run_dir, has_val=has_val, class_names=class_names,
                                           with_logger=bool(loggers))
-    trainer = build_trainer(cfg, run_dir, callbacks=[*own_callbacks, *callbacks], loggers=loggers,
-                            has_val=has_val)
+    # Under srun: SLURM ranks, and on SIGUSR1 a checkpoint + requeue (the requeued job resumes from it).
+    plugins, slurm_callbacks = slurm_training_extras(requeue=cfg.cluster.requeue, run_dir=run_dir)
+    trainer = build_trainer(cfg, run_dir, callbacks=[*own_callbacks, *slurm_callbacks, *callbacks],
+                            loggers=loggers, has_val=has_val, plugins=plugins)
     if resume_path is not None:
         logger.info("resuming from %s", resume_path)
     succeeded = False
@@ -236,6 +241,10 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
             trainer.fit(module, datamodule=ResumableDataModule(inner, seed=t.seed), ckpt_path=resume_path,
                         weights_only=True)
         succeeded = True
+    except JobRequeued as preempted:  # a checkpoint is saved; the requeued job continues this W&B run
+        _finish_wandb(loggers, succeeded=True)
+        preempted.requeue()  # last: the scheduler terminates the job right away
+        raise
     except NonFiniteLossError:
         newest = find_resume_checkpoint("auto", run_dir)
         logger.error("training stopped on a non-finite loss; newest checkpoint (last good weights): %s",

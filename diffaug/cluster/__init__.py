@@ -1,0 +1,1 @@
+"""SLURM: sbatch scripts rendered from the config, submission, and preemption with requeue."""
