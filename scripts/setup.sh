@@ -38,8 +38,9 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
 fi
 
 # The constraints file holds the installed torch so that resolving the rest can never swap it for another build.
-"$VENV/bin/python" -c "import torch, torchvision; print(f'torch=={torch.__version__}'); print(f'torchvision=={torchvision.__version__}')" \
-    > "$VENV/constraints.txt"
+# The local label (+cu130, +cpu) is dropped: the index serves the same build under the plain version.
+"$VENV/bin/python" -c "import torch, torchvision
+for m in (torch, torchvision): print(f'{m.__name__}=={m.__version__.split(\"+\")[0]}')" > "$VENV/constraints.txt"
 
 STAMP="$VENV/.diffaug-installed"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
