@@ -180,6 +180,8 @@ class QualityConfig:
     per_class: bool = True
     kid_subsets: int = 100
     kid_subset_size: int = 1000  # lowered to the smallest set when a set is smaller
+    nearest_k: int = 3  # k of the k-NN balls of precision / recall / density / coverage
+    is_splits: int = 10  # Inception Score splits
     domain_steps: int = 2000  # training steps of the domain feature extractor (cached once trained)
     cache_dir: str = ".cache/diffaug"  # reference features and domain extractors, keyed by dataset hash
     batch_size: int = 256

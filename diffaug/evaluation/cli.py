@@ -109,7 +109,8 @@ def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
         extractor = random_features(in_channels=int(cfg.data.channels), seed=int(q.seed), device=device)
     report = sample_quality(
         reference, synthetic, extractor=extractor, cache_dir=q.cache_dir, per_class=bool(q.per_class),
-        kid_subsets=int(q.kid_subsets), kid_subset_size=int(q.kid_subset_size), seed=int(q.seed),
+        kid_subsets=int(q.kid_subsets), kid_subset_size=int(q.kid_subset_size), nearest_k=int(q.nearest_k),
+        is_splits=int(q.is_splits), seed=int(q.seed),
     )
     paths = write_quality_report(report, _out_dir(cfg, args.out, "quality"))
     if cfg.logging.logger == "wandb":
@@ -117,7 +118,7 @@ def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
 
         run = wandb.init(project=cfg.logging.project, entity=cfg.logging.entity, mode=cfg.logging.mode,
                          name=f"{cfg.name}-quality", job_type="quality", reinit=True)
-        run.log({f"quality/{key}": value for key, value in report["overall"].items()}
+        run.log({f"quality/{key}": value for key, value in report["overall"].items() if isinstance(value, float)}
                 | {f"quality/{name}/fid": m["fid"] for name, m in report["per_class"].items()})
         run.finish()
     print(paths["report"].read_text())

@@ -8,6 +8,8 @@
 * ``random``: a seeded, untrained small CNN; a fixed yardstick for tests and quick sanity checks.
 
 Each extractor has an ``identity`` string that names its exact weights, which keys the feature caches.
+Extractors with a classifier head also give class logits (``has_logits``), which the Inception Score and
+the label agreement of a class-conditional set need.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from diffaug.data import to_model_range
+from diffaug.data import to_model_range, to_uint8
 from diffaug.evaluation.classifiers import SmallCNN, penultimate_features
 from diffaug.evaluation.data import LabelledImages
 from diffaug.evaluation.recipe import ConventionalAugment, Recipe, fit_classifier
@@ -47,17 +49,30 @@ class FeatureExtractor:
     def __init__(self, *, device: torch.device, batch_size: int = 256):
         self.device, self.batch_size = device, batch_size
 
+    has_logits: bool = False
+
     def _features(self, x: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def _logits(self, x: Tensor) -> Tensor:
+        raise NotImplementedError(f"the {self.identity} features have no classifier head, so no class logits")
+
+    def _batched(self, fn, images_uint8: Tensor, width: int) -> Tensor:
+        out = [
+            fn(to_model_range(images_uint8[i : i + self.batch_size]).to(self.device)).float().cpu()
+            for i in range(0, len(images_uint8), self.batch_size)
+        ]
+        return torch.cat(out) if out else torch.zeros(0, width)
 
     @torch.no_grad()
     def __call__(self, images_uint8: Tensor) -> Tensor:
         """(N, C, H, W) uint8 -> (N, D) float32 features, computed in batches."""
-        out = [
-            self._features(to_model_range(images_uint8[i : i + self.batch_size]).to(self.device)).float().cpu()
-            for i in range(0, len(images_uint8), self.batch_size)
-        ]
-        return torch.cat(out) if out else torch.zeros(0, self.num_features)
+        return self._batched(self._features, images_uint8, self.num_features)
+
+    @torch.no_grad()
+    def logits(self, images_uint8: Tensor) -> Tensor:
+        """(N, C, H, W) uint8 -> (N, K) float32 class logits (only when ``has_logits``)."""
+        return self._batched(self._logits, images_uint8, 0)
 
 
 def default_inception_path() -> Path:
@@ -87,6 +102,22 @@ class InceptionFeatures(FeatureExtractor):
         # TorchScript archives hold code, not pickles: loading does not execute arbitrary Python.
         self.model = torch.jit.load(str(path), map_location=device).eval()
         self.identity = f"inception-{_file_sha256(path)[:16]}"
+        self._logit_net = None
+
+    @property
+    def has_logits(self) -> bool:
+        # The TorchScript port has no 1008-way head; the Inception Score uses torch-fidelity's network
+        # (through torchmetrics), whose weights it downloads on first use.
+        return importlib.util.find_spec("torch_fidelity") is not None
+
+    def _logits(self, x: Tensor) -> Tensor:
+        if self._logit_net is None:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+
+            self._logit_net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["logits_unbiased"])
+            self._logit_net = self._logit_net.to(self.device)
+        rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
+        return self._logit_net(to_uint8(rgb))  # (N, 1008); it resizes to 299 itself
 
     def _features(self, x: Tensor) -> Tensor:
         if x.shape[1] == 1:
@@ -100,14 +131,19 @@ class InceptionFeatures(FeatureExtractor):
 class CNNFeatures(FeatureExtractor):
     """Penultimate features of a :class:`SmallCNN` with given weights."""
 
-    def __init__(self, model: SmallCNN, *, identity: str, device: torch.device, batch_size: int = 256):
+    def __init__(self, model: SmallCNN, *, identity: str, device: torch.device, batch_size: int = 256,
+                 trained: bool = False):
         super().__init__(device=device, batch_size=batch_size)
         self.model = model.to(device).eval()
         self.identity = identity
         self.num_features = model.num_features
+        self.has_logits = trained  # a random head's "classes" mean nothing
 
     def _features(self, x: Tensor) -> Tensor:
         return penultimate_features(self.model, x)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return self.model(x)
 
 
 def random_features(*, in_channels: int, seed: int = 0, width: int = 32, device: torch.device) -> CNNFeatures:
@@ -150,7 +186,7 @@ def domain_features(
         tmp = path.with_suffix(".tmp")
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
         os.replace(tmp, path)  # complete files only: a crashed run never leaves half a cache entry
-    return CNNFeatures(model, identity=f"domain-{key}", device=device)
+    return CNNFeatures(model, identity=f"domain-{key}", device=device, trained=True)
 
 
 def _file_sha256(path: Path) -> str:

@@ -1,8 +1,12 @@
-"""Sample quality: FID and KID of a synthetic set against real data, overall and per class.
+"""Sample quality of a synthetic set against real data, overall and per class.
 
-The distances are torchmetrics' FrechetInceptionDistance and KernelInceptionDistance, fed features
-that were computed (and for the real data cached) beforehand by any :mod:`feature extractor
-<diffaug.evaluation.features>`.
+* FID and KID: torchmetrics' FrechetInceptionDistance and KernelInceptionDistance, fed features computed
+  (and for the real data cached) beforehand by any :mod:`feature extractor <diffaug.evaluation.features>`;
+* precision, recall, density, coverage: :mod:`diffaug.evaluation.manifold`, on the same features;
+* Inception Score (torchmetrics' InceptionScore on the extractor's logits) and label agreement (the share of
+  synthetic images the extractor's classifier assigns to the class they were generated for), when the
+  extractor has a classifier head: with the domain classifier these say whether a class-conditional
+  model draws recognisable members of each class.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from diffaug.evaluation.data import LabelledImages
 from diffaug.evaluation.features import FeatureExtractor, reference_features
+from diffaug.evaluation.manifold import precision_recall
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +74,27 @@ def fid_kid(
     }
 
 
+def inception_score(logits: Tensor, *, splits: int = 10, seed: int = 0) -> dict[str, float]:
+    """IS = exp E_x KL(p(y | x) || p(y)), mean and std over ``splits`` random splits of (N, K) logits."""
+    splits = max(1, min(splits, len(logits)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        metric = InceptionScore(feature=_Precomputed(logits.shape[1]), splits=splits)
+    metric.update(logits.double())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # torchmetrics permutes before splitting with the global generator
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*degrees of freedom.*")  # one split has no spread
+            mean, std = metric.compute()
+    return {"is_mean": float(mean), "is_std": float(std) if splits > 1 else 0.0}
+
+
+def _manifold_or_none(real: Tensor, fake: Tensor, k: int) -> dict[str, float]:
+    if min(len(real), len(fake)) <= k:
+        return {}  # too few samples for k-NN balls (a tiny class); FID/KID still reported
+    return precision_recall(real, fake, k=k)
+
+
 def sample_quality(
     real: LabelledImages,
     synthetic: LabelledImages,
@@ -77,40 +104,66 @@ def sample_quality(
     per_class: bool = True,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    nearest_k: int = 3,
+    is_splits: int = 10,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """``{"features": id, "overall": {...}, "per_class": {name: {...}}}`` with FID/KID for each."""
+    """``{"features": id, "overall": {...}, "per_class": {name: {...}}}``: FID, KID, precision, recall,
+    density, coverage for each, and IS and label agreement when the extractor has class logits."""
     synthetic = synthetic.aligned_to(real.class_map)
     real_features = reference_features(extractor, real, cache_dir=cache_dir)  # (N_real, D)
     fake_features = extractor(synthetic.images)  # (N_fake, D)
     settings = {"kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "seed": seed}
     report: dict[str, Any] = {
         "features": extractor.identity,
-        "overall": fid_kid(real_features, fake_features, **settings),
+        "overall": fid_kid(real_features, fake_features, **settings)
+        | _manifold_or_none(real_features, fake_features, nearest_k),
         "per_class": {},
     }
+    predicted = None
+    if extractor.has_logits:
+        logits = extractor.logits(synthetic.images)  # (N_fake, K)
+        report["overall"] |= inception_score(logits, splits=is_splits, seed=seed)
+        if logits.shape[1] == real.num_classes:  # a classifier of these very classes
+            predicted = logits.argmax(dim=1)
+            report["overall"]["label_agreement"] = float((predicted == synthetic.labels).double().mean())
+    else:
+        report["inception_score"] = f"not computed: the {extractor.identity} features have no classifier head"
     if per_class:
         for k, name in enumerate(real.class_map.names):
-            r, f = real_features[real.labels == k], fake_features[synthetic.labels == k]
+            in_class = synthetic.labels == k
+            r, f = real_features[real.labels == k], fake_features[in_class]
             if len(r) < 2 or len(f) < 2:
                 logger.warning("class %r: %d real and %d synthetic images, too few for FID; skipped", name, len(r), len(f))
                 continue
-            report["per_class"][name] = fid_kid(r, f, **settings)
+            report["per_class"][name] = fid_kid(r, f, **settings) | _manifold_or_none(r, f, nearest_k)
+            if predicted is not None:
+                report["per_class"][name]["label_agreement"] = float((predicted[in_class] == k).double().mean())
     return report
 
 
 def quality_markdown(report: dict[str, Any]) -> str:
-    def row(name: str, m: dict[str, Any]) -> str:
-        return (f"| {name} | {m['fid']:.3f} | {1000 * m['kid_mean']:.3f} ± {1000 * m['kid_std']:.3f} | "
-                f"{m['n_real']} | {m['n_synthetic']} |")
+    def num(m: dict[str, Any], key: str) -> str:
+        return f"{m[key]:.3f}" if key in m else "–"
 
+    def row(name: str, m: dict[str, Any]) -> str:
+        cells = [name, num(m, "fid"), f"{1000 * m['kid_mean']:.3f} ± {1000 * m['kid_std']:.3f}",
+                 *(num(m, key) for key in ("precision", "recall", "density", "coverage", "label_agreement")),
+                 str(m["n_real"]), str(m["n_synthetic"])]
+        return "| " + " | ".join(cells) + " |"
+
+    o = report["overall"]
+    is_line = (f"Inception Score (on these features' classifier): {o['is_mean']:.3f} ± {o['is_std']:.3f}"
+               if "is_mean" in o else f"Inception Score {report.get('inception_score', 'not computed')}")
     lines = [
         f"# Sample quality (features: `{report['features']}`)",
         "",
-        "| set | FID | KID × 1000 | real | synthetic |",
-        "|---|---|---|---|---|",
-        row("all classes", report["overall"]),
+        "| set | FID | KID × 1000 | precision | recall | density | coverage | label agreement | real | synthetic |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        row("all classes", o),
         *[row(name, m) for name, m in report["per_class"].items()],
+        "",
+        is_line,
     ]
     return "\n".join(lines) + "\n"
 
