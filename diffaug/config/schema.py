@@ -190,11 +190,28 @@ class QualityConfig:
 
 
 @dataclass
+class LikelihoodConfig:
+    """``diffaug eval bpd``: bits/dim of real images through the probability-flow ODE (VP, sub-VP, VE models)."""
+
+    checkpoint: Optional[str] = None  # None: <run_dir>/model.safetensors
+    split: Literal["train", "test"] = "test"
+    max_items: Optional[int] = 512
+    steps: int = 100  # RK4 steps (4 network calls each, with their backward passes)
+    divergence: Literal["exact", "hutchinson"] = "hutchinson"
+    num_probes: int = 1
+    conditional: bool = False  # log p(x | class) instead of log p(x) (the null class) for conditional models
+    batch_size: int = 64
+    device: str = "auto"
+    seed: int = 0  # dequantisation noise and Hutchinson probes
+
+
+@dataclass
 class EvalConfig:
     export_dir: Optional[str] = None  # the augmentation set; None: export.out_dir, else <run_dir>/export
     out_dir: Optional[str] = None  # reports; None: <run_dir>/eval
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
 
 
 @dataclass
@@ -209,4 +226,4 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)  # diffaug eval downstream / fid
+    eval: EvalConfig = field(default_factory=EvalConfig)  # diffaug eval downstream / fid / bpd

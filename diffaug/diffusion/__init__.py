@@ -6,6 +6,7 @@ Importing this package registers every process in ``PROCESSES`` and every sample
 from diffaug.diffusion import ddpm, ncsn, sde  # noqa: F401  (register the processes)
 from diffaug.diffusion.ddpm import DDPMProcess, make_beta_schedule, respaced_betas, space_timesteps
 from diffaug.diffusion.denoiser import Denoiser, DenoiserFn, Prediction, Predictions, guided_x0
+from diffaug.diffusion.likelihood import Likelihood, bits_per_dim, dequantize, ode_likelihood
 from diffaug.diffusion.losses import (
     DEFAULT_WEIGHTING,
     Objective,
@@ -26,6 +27,7 @@ __all__ = [
     "Denoiser",
     "DenoiserFn",
     "GaussianProcess",
+    "Likelihood",
     "NCSNProcess",
     "Objective",
     "PROCESSES",
@@ -39,12 +41,15 @@ __all__ = [
     "VPSDE",
     "Weighting",
     "append_dims",
+    "bits_per_dim",
     "bucket_losses",
     "build_objective",
     "build_process",
+    "dequantize",
     "drop_labels",
     "guided_x0",
     "make_beta_schedule",
+    "ode_likelihood",
     "respaced_betas",
     "sample",
     "sampling_grid",
