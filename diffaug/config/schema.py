@@ -73,6 +73,9 @@ class TrainingConfig:
     log_every_n_steps: int = 10
     val_every_n_steps: Optional[int] = None
     sample_every_n_steps: Optional[int] = None
+    # FID / KID / precision / recall of EMA samples every N steps, with eval.quality's features and reference
+    fid_every_n_steps: Optional[int] = None
+    fid_num_samples: int = 500
     checkpoint_every_n_steps: int = 500
     save_top_k: int = 1
     resume: Optional[str] = None  # "auto" (newest checkpoint in the run directory) or a checkpoint path

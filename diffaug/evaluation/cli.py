@@ -17,15 +17,10 @@ import torch
 from omegaconf import DictConfig
 
 from diffaug.config import ConfigError, load_config
-from diffaug.evaluation.data import LabelledImages, load_export, load_real
+from diffaug.evaluation.configured import build_extractor, real_split, resolve_device
+from diffaug.evaluation.data import load_export
 
 logger = logging.getLogger(__name__)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _export_dir(cfg: DictConfig, given: str | None) -> Path:
@@ -36,17 +31,6 @@ def _out_dir(cfg: DictConfig, given: str | None, leaf: str) -> Path:
     return Path(given) if given else Path(cfg.eval.out_dir or Path(cfg.run_dir) / "eval") / leaf
 
 
-def _real(cfg: DictConfig, *, split: str, per_class: int | None = None, max_items: int | None = None) -> LabelledImages:
-    d = cfg.data
-    if d.source == "shards" and split == "test":
-        raise ConfigError("data.source=shards has no test split to evaluate on; use a folder or IDX copy of the test data")
-    return load_real(
-        source=d.source, path=d.path, split=split, resolution=int(d.resolution), channels=int(d.channels),
-        per_class_limit=per_class, seed=int(d.seed), max_items=max_items,
-        class_names=None if d.class_names is None else list(d.class_names),
-    )
-
-
 def _downstream(cfg: DictConfig, args: argparse.Namespace) -> int:
     from diffaug.evaluation.downstream import ARMS, check_arms, log_to_wandb, run_downstream, write_report
     from diffaug.evaluation.recipe import ConventionalAugment, Recipe
@@ -54,8 +38,8 @@ def _downstream(cfg: DictConfig, args: argparse.Namespace) -> int:
     s = cfg.eval.downstream
     arms = check_arms(list(s.arms))  # before any data is read
     k = s.per_class if s.per_class is not None else cfg.data.per_class_limit
-    real_train = _real(cfg, split="train", per_class=k)
-    test = _real(cfg, split=s.test_split, max_items=s.test_max_items)
+    real_train = real_split(cfg, split="train", per_class=k)
+    test = real_split(cfg, split=s.test_split, max_items=s.test_max_items)
     synthetic = None
     if any(ARMS[a].synthetic for a in arms):
         synthetic = load_export(
@@ -72,7 +56,7 @@ def _downstream(cfg: DictConfig, args: argparse.Namespace) -> int:
     result = run_downstream(
         real_train=real_train, test=test, synthetic=synthetic, arms=arms, seeds=[int(x) for x in s.seeds],
         recipe=recipe, augment=augment, classifier=s.classifier, classifier_args=dict(s.classifier_args),
-        device=_device(s.device),
+        device=resolve_device(s.device),
     )
     k_text = f"{k} real images per class" if k is not None else "all real images"
     paths = write_report(result, _out_dir(cfg, args.out, "downstream"), title=f"Downstream benchmark: {cfg.name}, {k_text}")
@@ -85,28 +69,18 @@ def _downstream(cfg: DictConfig, args: argparse.Namespace) -> int:
 
 
 def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
-    from diffaug.evaluation.features import FEATURE_EXTRACTORS, domain_features, random_features
+    from diffaug.evaluation.features import FEATURE_EXTRACTORS
     from diffaug.evaluation.quality import sample_quality, write_quality_report
 
     q = cfg.eval.quality
-    device = _device(q.device)
+    device = resolve_device(q.device)
     FEATURE_EXTRACTORS.get(q.features)  # KeyError listing the extractors before any data is read
-    reference = _real(cfg, split=q.reference_split, max_items=q.reference_max_items)
+    reference = real_split(cfg, split=q.reference_split, max_items=q.reference_max_items)
     synthetic = load_export(
         _export_dir(cfg, args.export), resolution=int(cfg.data.resolution), channels=int(cfg.data.channels),
         max_items=q.max_items,
     )
-    if q.features == "inception":
-        from diffaug.evaluation.features import InceptionFeatures
-
-        extractor = InceptionFeatures(path=q.inception_path, device=device)
-    elif q.features == "domain":
-        # Judged by a classifier of all the real training data, not only the k images the model saw.
-        extractor = domain_features(
-            _real(cfg, split="train"), cache_dir=q.cache_dir, steps=int(q.domain_steps), seed=int(q.seed), device=device
-        )
-    else:
-        extractor = random_features(in_channels=int(cfg.data.channels), seed=int(q.seed), device=device)
+    extractor = build_extractor(cfg, device)
     report = sample_quality(
         reference, synthetic, extractor=extractor, cache_dir=q.cache_dir, per_class=bool(q.per_class),
         kid_subsets=int(q.kid_subsets), kid_subset_size=int(q.kid_subset_size), nearest_k=int(q.nearest_k),
@@ -138,7 +112,7 @@ def _bpd(cfg: DictConfig, args: argparse.Namespace) -> int:
             f"{checkpoint} uses the discrete {model.process.name} process; bits/dim through the probability-flow "
             "ODE needs a continuous-time one (objective.process=vp, subvp or ve)"
         )
-    real = _real(cfg, split=s.split, max_items=s.max_items)
+    real = real_split(cfg, split=s.split, max_items=s.max_items)
     real = real.aligned_to(model.class_map) if s.conditional else real
     generator = torch.Generator().manual_seed(int(s.seed))
     bpd, nfe = [], 0

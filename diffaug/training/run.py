@@ -6,6 +6,7 @@ A run directory holds everything a run writes:
     checkpoints/last.ckpt   every training.checkpoint_every_n_steps and at the end; plus top-k checkpoints
     hpc_ckpt_N.ckpt         written on SLURM's requeue signal (diffaug.cluster.requeue)
     samples/step_*.png      EMA sample grids, one row per class
+                            (FID / precision / recall of EMA samples go to the logs with training.fid_every_n_steps)
     logs/ or wandb/         CSV or W&B logs (wandb_run_id.txt keeps one W&B run across resumes)
     model.safetensors       the final EMA weights with the config, for inference
 """
@@ -147,7 +148,25 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, has_val: bool, class_name
             sampler=s.sampler, steps=s.steps, guidance_scale=s.guidance_scale,
             sampler_args=OmegaConf.to_container(s.sampler_args), seed=s.seed,
         ))
+    if t.fid_every_n_steps:
+        callbacks.append(_quality_monitor(cfg))
     return callbacks, best
+
+
+def _quality_monitor(cfg: DictConfig) -> Callback:
+    from diffaug.evaluation.configured import build_extractor, real_split, resolve_device
+    from diffaug.training.quality_monitor import QualityMonitor
+
+    q, s = cfg.eval.quality, cfg.sampling
+    device = resolve_device(q.device)
+    return QualityMonitor(
+        every_n_steps=int(cfg.training.fid_every_n_steps), num_samples=int(cfg.training.fid_num_samples),
+        reference=real_split(cfg, split=q.reference_split, max_items=q.reference_max_items),
+        extractor_factory=lambda: build_extractor(cfg, device), cache_dir=q.cache_dir,
+        sampler=s.sampler, steps=int(s.steps), guidance_scale=float(s.guidance_scale),
+        sampler_args=OmegaConf.to_container(s.sampler_args), batch_size=int(s.batch_size), seed=int(s.seed),
+        nearest_k=int(q.nearest_k), kid_subsets=int(q.kid_subsets),
+    )
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, *, callbacks: list[Callback], loggers: list[Logger],
