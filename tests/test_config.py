@@ -126,3 +126,10 @@ def test_cli_prints_resolved_config_and_reports_errors():
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2
     assert "Did you mean 'lr'?" in bad.stderr
+
+
+def test_dangling_interpolation_fails_at_load_naming_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("run_dir: runs/${nmae}\n")
+    with pytest.raises(ConfigError, match=r"'run_dir'.*nmae"):
+        load_config([path])

@@ -115,8 +115,18 @@ def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ())
     for name in files:
         cfg = _merge(cfg, read_yaml(name), str(name))
     cfg = _merge(cfg, parse_overrides(overrides), "the command line")
+    _check_interpolations(cfg)
     validate(cfg)
     return cfg
+
+
+def _check_interpolations(cfg: DictConfig) -> None:
+    """Resolve every ``${...}`` once now, so a dangling one fails at load naming its key, not mid-run."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"config key {key!r}: {str(err).splitlines()[0]}") from None
 
 
 def config_from_dict(data: dict) -> DictConfig:
