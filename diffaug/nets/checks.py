@@ -6,6 +6,11 @@ import torch
 from torch import Tensor
 
 
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling and is_compiling())
+
+
 def check_image_batch(x: Tensor, *, channels: int, resolution: int, net_name: str) -> None:
     """x must be a float (N, channels, resolution, resolution) tensor."""
     if x.ndim != 4 or x.shape[1] != channels or tuple(x.shape[2:]) != (resolution, resolution):
@@ -39,9 +44,10 @@ def check_class_labels(class_labels: Tensor | None, batch_size: int, num_classes
         raise ValueError(f"class_labels must have shape ({batch_size},), got {tuple(class_labels.shape)}")
     if class_labels.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"class_labels must be int64 (or int32), got {class_labels.dtype}; use labels.long()")
-    # A range check reads the values back, which would stall a GPU stream every step; on CPU it is cheap and
-    # replaces the embedding's bare "index out of range in self".
-    if class_labels.device.type == "cpu" and class_labels.numel() > 0:
+    # A range check reads the values back, which would stall a GPU stream every step, and breaks the graph
+    # under torch.compile; on CPU in eager mode it is cheap and replaces the embedding's bare "index out of
+    # range in self".
+    if class_labels.device.type == "cpu" and class_labels.numel() > 0 and not _compiling():
         low, high = int(class_labels.min()), int(class_labels.max())
         if low < 0 or high > num_classes:
             raise ValueError(

@@ -52,9 +52,13 @@ class EMA(nn.Module):
             rampup=self.rampup,
         )
         averaged = dict(self.module.named_parameters())
+        targets, sources = [], []
         for name, param in module.named_parameters():
-            # lerp: ema + (1 - beta) (param - ema), computed in the average's dtype.
-            averaged[name].lerp_(param.detach().to(averaged[name].dtype), 1.0 - beta)
+            targets.append(averaged[name])
+            sources.append(param.detach().to(averaged[name].dtype))
+        # lerp: ema + (1 - beta) (param - ema), in the average's dtype; one foreach call instead of a kernel
+        # launch per tensor (the same arithmetic as Tensor.lerp_).
+        torch._foreach_lerp_(targets, sources, 1.0 - beta)
         # Buffers (e.g. running statistics) are copied, not averaged, as EDM does.
         averaged_buffers = dict(self.module.named_buffers())
         for name, buffer in module.named_buffers():

@@ -105,13 +105,19 @@ class DiffusionModule(pl.LightningModule):
         step_seed = derive_seed(self.seed, _DROPOUT_STREAM, self.global_rank, self.global_step, batch_idx)
         torch.manual_seed(step_seed)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def denoising_loss(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> tuple[Tensor, Tensor]:
+        """Per-sample loss (N,) and times t (N,) of a training batch, with this step's seeds and label
+        dropout: the computation of ``training_step`` without its bookkeeping (benchmarks time it alone)."""
         x0, labels = batch  # (N, C, H, W) in [-1, 1], (N,)
         generator = self._generator(_TRAIN_STREAM, self.global_rank, self.global_step, batch_idx)
         class_labels = None
         if self.denoiser.conditional:
             class_labels = drop_labels(labels, self.label_dropout, self.denoiser.null_class, generator)
-        per_sample, t = self.objective.loss(self.denoiser, x0, class_labels, generator)  # (N,), (N,)
+        return self.objective.loss(self.denoiser, x0, class_labels, generator)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x0 = batch[0]
+        per_sample, t = self.denoising_loss(batch, batch_idx)  # (N,), (N,)
         loss = per_sample.mean()
         if self._any_rank(~torch.isfinite(loss)):
             self._handle_nonfinite(loss, batch_idx)
@@ -206,10 +212,22 @@ class DiffusionModule(pl.LightningModule):
         params = [p for p in self.denoiser.parameters() if p.requires_grad]
         if not params:
             raise ValueError("no trainable parameters: training.freeze covers the whole network")
-        optimizer = torch.optim.AdamW(params, **self.optimizer_settings)
+        optimizer = self._adamw(params)
         scheduler = build_lr_scheduler(optimizer, **self.schedule_settings)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+
+    def _adamw(self, params: list[Tensor]) -> torch.optim.AdamW:
+        # torch's fused AdamW updates every parameter in one kernel (CUDA, and CPU since torch 2.4): 3-4x
+        # faster steps than the default foreach implementation on a CPU (see benchmarks/). Not under fp16
+        # mixed precision, whose gradient scaler Lightning will not combine with clipping for an optimizer
+        # that unscales gradients itself.
+        if self._trainer is None or self.trainer.precision != "16-mixed":
+            try:
+                return torch.optim.AdamW(params, fused=True, **self.optimizer_settings)
+            except (RuntimeError, TypeError):  # an older torch, or a device or dtype without the kernel
+                pass
+        return torch.optim.AdamW(params, **self.optimizer_settings)
 
     # ------------------------------------------------------------------ checkpoints
 
