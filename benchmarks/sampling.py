@@ -56,8 +56,11 @@ def our_sampler(config: BenchConfig, device: torch.device, precision: str,
         items = [WorkItem(class_index=i % classes, index=i, seed=first_seed + i, guidance=1.0)
                  for i in range(batch)]
         # generate_images applies bf16 on CUDA only, as sampling.precision does.
+        # x0 clipped where diffusers' schedulers clip by default (DDPM, DDIM: clip_sample=True), as diffaug
+        # export does by default (sampling.clip_x0).
+        clip = {"clip_x0": spec.ours in ("ddpm", "ddim")}
         return generate_images(denoiser, denoiser.process, items, image_shape=config.image_shape,
-                               sampler=spec.ours, steps=spec.steps, device=device,
+                               sampler=spec.ours, steps=spec.steps, device=device, sampler_args=clip,
                                precision="bf16" if precision == "bf16" else "32", microbatch=microbatch)
 
     return run, denoiser.net

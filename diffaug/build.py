@@ -34,6 +34,12 @@ def conditional_num_classes(class_names: Sequence[str]) -> int | None:
     return len(class_names) if len(class_names) > 1 else None
 
 
+def sampler_options(cfg: DictConfig) -> dict:
+    """Keyword options for ``diffaug.diffusion.sample`` beyond the sampler's name and steps: the sampler's
+    own ``sampling.sampler_args`` and ``sampling.clip_x0``."""
+    return {**_plain(cfg.sampling.sampler_args), "clip_x0": bool(cfg.sampling.clip_x0)}
+
+
 def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
     d = cfg.data
     return DiffusionDataModule(

@@ -422,3 +422,18 @@ def test_bad_arguments():
                **args)
     with pytest.raises(TypeError, match="seeds must be Python ints"):
         sample("ddpm", oracle, process, shape=(2, *SHAPE), seeds=[0.5, 1], steps=3)
+
+
+@pytest.mark.parametrize("sampler", sorted(MODERATE))
+def test_clip_x0_keeps_every_prediction_in_the_image_range(sampler):
+    """A denoiser that overshoots the data range (x0_hat = 3 everywhere): clipped sampling ends at the range's
+    edge, unclipped sampling follows the prediction."""
+    process = build_process("ddpm")
+
+    def overshooting(x_t, t, class_labels=None):
+        return torch.full_like(x_t, 3.0)
+
+    clipped = sample(sampler, overshooting, process, shape=(4, 1, 2, 2), seeds=[0, 1, 2, 3], steps=5, clip_x0=True)
+    plain = sample(sampler, overshooting, process, shape=(4, 1, 2, 2), seeds=[0, 1, 2, 3], steps=5)
+    assert torch.equal(clipped, torch.ones_like(clipped))
+    assert torch.equal(plain, torch.full_like(plain, 3.0))

@@ -312,6 +312,7 @@ def test_image_conditioned_variations(checkpoint, tmp_path):
             steps=3,
             x_start=x_start,
             strength=0.5,
+            clip_x0=True,  # sampling.clip_x0's default
         )
         assert torch.equal(to_uint8(x0)[0], png_tensor(out / row["path"]))
         assert float(row["strength"]) == 0.5

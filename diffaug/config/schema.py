@@ -92,6 +92,7 @@ class SamplingConfig:
     guidance_scale: float = 1.0
     class_guidance: dict[str, float] = field(default_factory=dict)  # per-class scale overrides
     sampler_args: dict[str, Any] = field(default_factory=dict)  # e.g. {eta: 0.5} for DDIM
+    clip_x0: bool = True  # clamp each x0 prediction to the image range [-1, 1] (see diffusion.samplers.sample)
     batch_size: int = 64
     # Rows per network call. Kernels pick algorithms by batch shape, which changes the last bits of the
     # output; calls always have exactly this many rows (padded), so images never depend on batch_size or

@@ -264,6 +264,7 @@ def sample(
     strength: float | None = None,
     device: torch.device | str = "cpu",
     spacing: Spacing | None = None,
+    clip_x0: bool = False,
     **options,
 ) -> Tensor:
     """Draw len(seeds) samples (N, C, H, W) with sampler `name` (see SAMPLERS.names()).
@@ -276,6 +277,10 @@ def sample(
     spacing: the time grid (see GaussianProcess.timesteps); None takes the sampler's own default
     (DEFAULT_SPACING: "logsnr" for dpmpp_2m, which steps in lambda, and for langevin, which anneals
     sigma geometrically as NCSN does; "time" otherwise).
+    clip_x0: clamp every x0_hat to [-1, 1], the data range of images (Ho et al.'s clipped sampling,
+    improved-diffusion's clip_denoised): an eps-prediction at high noise divides by a small alpha, and the
+    wild x0_hat of an imperfect model then drives samples into saturated speckle. Off for data that is not
+    bounded (and for the exact-oracle tests).
     options: the sampler's own keyword options (e.g. eta for "ddim").
     """
     fn = SAMPLERS.get(name)
@@ -314,7 +319,8 @@ def sample(
 
     def denoise(x_t: Tensor, t: Tensor) -> Tensor:
         t_batch = t.to(x_t.dtype).expand(n)
-        return guided_x0(denoiser, x_t, t_batch, class_labels, guidance_scale, null_class)
+        x0 = guided_x0(denoiser, x_t, t_batch, class_labels, guidance_scale, null_class)
+        return x0.clamp(-1.0, 1.0) if clip_x0 else x0
 
     logger.debug("sampling %s with %s on %d grid times from t=%.4g", shape, name, len(grid), float(grid[0]))
     with torch.no_grad():

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
+from diffaug.build import sampler_options
 from diffaug.config import ConfigError, to_dict
 from diffaug.config.load import parse_overrides, validate
 from diffaug.data import ClassMap, FolderSource, ImageTransform
@@ -164,7 +165,7 @@ def sample_grid(
             image_shape=_image_shape(model.cfg),
             sampler=s.sampler,
             steps=int(s.steps),
-            sampler_args=dict(s.sampler_args),
+            sampler_args=sampler_options(model.cfg),
             device=model.device,
             precision=s.precision,
             microbatch=int(s.microbatch),
@@ -333,7 +334,7 @@ def export_augmentation_set(
             seed=int(s.seed),
             image_shape=_image_shape(cfg),
             checkpoint_sha256=model.checkpoint_sha256,
-            sampler_args=dict(s.sampler_args),
+            sampler_args=sampler_options(cfg),
             precision=s.precision,
             microbatch=int(s.microbatch),
             formats=tuple(e.formats),

@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from diffaug.build import build_datamodule, build_module, conditional_num_classes
+from diffaug.build import build_datamodule, build_module, conditional_num_classes, sampler_options
 from diffaug.checkpoint import save_weights
 from diffaug.cluster.requeue import JobRequeued, slurm_training_extras
 from diffaug.config import ConfigError, config_hash, save_config, to_dict
@@ -146,7 +146,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, has_val: bool, class_name
         callbacks.append(SampleGrid(
             every_n_steps=t.sample_every_n_steps, out_dir=run_dir / "samples", class_names=class_names,
             sampler=s.sampler, steps=s.steps, guidance_scale=s.guidance_scale,
-            sampler_args=OmegaConf.to_container(s.sampler_args), seed=s.seed,
+            sampler_args=sampler_options(cfg), seed=s.seed,
         ))
     if t.fid_every_n_steps:
         callbacks.append(_quality_monitor(cfg))
@@ -164,7 +164,7 @@ def _quality_monitor(cfg: DictConfig) -> Callback:
         reference=real_split(cfg, split=q.reference_split, max_items=q.reference_max_items),
         extractor_factory=lambda: build_extractor(cfg, device), cache_dir=q.cache_dir,
         sampler=s.sampler, steps=int(s.steps), guidance_scale=float(s.guidance_scale),
-        sampler_args=OmegaConf.to_container(s.sampler_args), batch_size=int(s.batch_size), seed=int(s.seed),
+        sampler_args=sampler_options(cfg), batch_size=int(s.batch_size), seed=int(s.seed),
         nearest_k=int(q.nearest_k), kid_subsets=int(q.kid_subsets),
     )
 
