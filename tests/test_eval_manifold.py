@@ -94,6 +94,8 @@ def test_report_has_label_agreement_and_is_with_a_domain_classifier(digits, tmp_
     bad = sample_quality(real, mislabelled, **settings)
 
     assert good["overall"]["label_agreement"] > 0.8
+    # The classifier's accuracy on the real reference is the ceiling, the same for both synthetic sets.
+    assert good["overall"]["label_agreement_real"] == bad["overall"]["label_agreement_real"] > 0.8
     assert bad["overall"]["label_agreement"] < 0.25  # chance is 0.1
     # Same images overall, so the label-free overall metrics agree; the per-class ones see the mix-up.
     assert good["overall"]["fid"] == pytest.approx(bad["overall"]["fid"])
@@ -104,7 +106,7 @@ def test_report_has_label_agreement_and_is_with_a_domain_classifier(digits, tmp_
     # IS of held-out real digits under a 10-class classifier: well above 1, at most 10.
     assert 4.0 < good["overall"]["is_mean"] <= 10.0
     text = quality_markdown(good)
-    assert "label agreement" in text and "Inception Score" in text and f"{good['overall']['is_mean']:.3f}" in text
+    assert "label agreement" in text and "Inception Score" in text and "on the real reference" in text and f"{good['overall']['is_mean']:.3f}" in text
 
 
 def test_report_without_a_classifier_head_says_why_there_is_no_is(digits, tmp_path):

@@ -127,6 +127,9 @@ def sample_quality(
         if logits.shape[1] == real.num_classes:  # a classifier of these very classes
             predicted = logits.argmax(dim=1)
             report["overall"]["label_agreement"] = float((predicted == synthetic.labels).double().mean())
+            # The same classifier on the real reference: the ceiling to read the synthetic agreement against.
+            real_predicted = extractor.logits(real.images).argmax(dim=1)
+            report["overall"]["label_agreement_real"] = float((real_predicted == real.labels).double().mean())
     else:
         report["inception_score"] = f"not computed: the {extractor.identity} features have no classifier head"
     if per_class:
@@ -155,6 +158,9 @@ def quality_markdown(report: dict[str, Any]) -> str:
     o = report["overall"]
     is_line = (f"Inception Score (on these features' classifier): {o['is_mean']:.3f} ± {o['is_std']:.3f}"
                if "is_mean" in o else f"Inception Score {report.get('inception_score', 'not computed')}")
+    if "label_agreement_real" in o:
+        is_line += (f"\n\nLabel agreement of the same classifier on the real reference images: "
+                    f"{o['label_agreement_real']:.3f} (synthetic: {o['label_agreement']:.3f})")
     lines = [
         f"# Sample quality (features: `{report['features']}`)",
         "",
