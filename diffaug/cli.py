@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_slurm_commands(commands)
 
     # Listed for --help only: main() hands "eval ..." to diffaug.evaluation.cli before this parser runs.
-    commands.add_parser("eval", help="evaluate: diffaug eval {downstream,fid} CONFIG.yaml... [key=value...]")
+    commands.add_parser("eval", help="evaluate: diffaug eval {downstream,fid,bpd} CONFIG.yaml... [key=value...]")
     return parser
 
 

@@ -100,6 +100,8 @@ def test_bad_arguments_name_the_choices():
     oracle = MixtureOracle(MIXTURE, process)
     with pytest.raises(ValueError, match="hutchinson"):
         ode_likelihood(oracle, process, points(2).double(), divergence="trace")
+    with pytest.raises(ValueError, match="rademacher"):
+        ode_likelihood(oracle, process, points(2).double(), probe="uniform")
     with pytest.raises(ValueError, match="steps"):
         ode_likelihood(oracle, process, points(2).double(), steps=0)
     ddpm = build_process("ddpm")

@@ -104,6 +104,8 @@ def ode_likelihood(
         )
     if divergence not in get_args(Divergence):
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {get_args(Divergence)}")
+    if probe not in ("rademacher", "gaussian"):
+        raise ValueError(f"unknown probe {probe!r}; choose 'rademacher' or 'gaussian'")
     if steps < 1 or num_probes < 1:
         raise ValueError(f"steps and num_probes must be at least 1, got steps={steps}, num_probes={num_probes}")
     probes = None

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from diffaug.data import to_model_range, to_uint8
@@ -31,6 +31,7 @@ from diffaug.evaluation.classifiers import SmallCNN, penultimate_features
 from diffaug.evaluation.data import LabelledImages
 from diffaug.evaluation.recipe import ConventionalAugment, Recipe, fit_classifier
 from diffaug.registry import Registry
+from diffaug.sampling.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -182,10 +183,8 @@ def domain_features(
                 model, real=real_train, synthetic=None, augment=ConventionalAugment(),
                 recipe=Recipe(steps=steps, batch_size=batch_size), seed=seed, device=device,
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        os.replace(tmp, path)  # complete files only: a crashed run never leaves half a cache entry
+        # Complete files only: a crashed run never leaves half a cache entry.
+        atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
     return CNNFeatures(model, identity=f"domain-{key}", device=device, trained=True)
 
 
@@ -214,8 +213,5 @@ def reference_features(
             return features
         logger.warning("ignoring cached features %s of shape %s", path, tuple(features.shape))
     features = extractor(real.images)  # (N, D)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"features": features.contiguous(), "labels": real.labels.contiguous()}, str(tmp))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save({"features": features.contiguous(), "labels": real.labels.contiguous()}))
     return features

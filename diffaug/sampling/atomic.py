@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 TEMP_MARKER = ".tmp-"
 
@@ -41,13 +43,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, *, tag: str = "w", sync_dir: bool = True) -> Path:
+@contextmanager
+def atomic_file(path: str | Path, *, tag: str = "w", sync_dir: bool = True) -> Iterator[BinaryIO]:
+    """A binary handle on a temporary name; on a clean exit the data is fsynced and renamed to ``path``,
+    on an error the temporary file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path, tag)
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -56,7 +61,12 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, tag: str = "w", sync_di
         raise
     if sync_dir:
         fsync_dir(path.parent)
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, tag: str = "w", sync_dir: bool = True) -> Path:
+    with atomic_file(path, tag=tag, sync_dir=sync_dir) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str, *, tag: str = "w") -> Path:

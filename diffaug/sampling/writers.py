@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from diffaug.data.shards import CLASSES_FILE, MANIFEST_FILE
-from diffaug.sampling.atomic import atomic_write_json, atomic_write_text, fsync_dir, temp_path
+from diffaug.sampling.atomic import atomic_file, atomic_write_json, atomic_write_text
 
 _PNG_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
@@ -69,20 +68,10 @@ def _tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
 
 def write_tar_atomic(path: Path, members: Iterable[tuple[str, bytes]], *, tag: str) -> None:
     """A tar file of (name, bytes) members in the given order, written to a temp name then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path, tag)
-    try:
-        with open(tmp, "wb") as handle:
-            with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for name, data in members:
-                    tar.addfile(*_tar_member(name, data))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with atomic_file(path, tag=tag) as handle:
+        with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in members:
+                tar.addfile(*_tar_member(name, data))
 
 
 def write_shard_index(

@@ -14,11 +14,11 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from diffaug.data import to_uint8
-from diffaug.diffusion import sample
 from diffaug.evaluation.features import FeatureExtractor, reference_features
 from diffaug.evaluation.manifold import precision_recall
 from diffaug.evaluation.quality import fid_kid
+from diffaug.sampling.generate import generate_images
+from diffaug.sampling.plan import WorkItem
 from diffaug.training.ema import evaluating
 
 logger = logging.getLogger(__name__)
@@ -29,19 +29,16 @@ def quality_samples(denoiser: torch.nn.Module, *, n: int, num_classes: int, samp
                     guidance_scale: float, sampler_args: dict, seed: int, batch_size: int,
                     device: torch.device) -> tuple[Tensor, Tensor]:
     """``n`` uint8 samples (N, C, H, W), classes in turn (i % num_classes) for a conditional denoiser, with
-    seeds seed + i; and their labels (N,)."""
+    seeds seed + i, through the export's generator; and their labels (N,)."""
     labels = torch.arange(n) % max(num_classes, 1)  # (N,)
+    items = [WorkItem(class_index=int(c), index=i, seed=seed + i, guidance=guidance_scale)
+             for i, c in enumerate(labels.tolist())]
     net = denoiser.net
-    images = []
     with evaluating(denoiser):
-        for start in range(0, n, batch_size):
-            count = min(batch_size, n - start)
-            batch_labels = labels[start : start + count].to(device) if denoiser.conditional else None
-            x = sample(sampler, denoiser, denoiser.process, shape=(count, net.in_channels, net.resolution, net.resolution),
-                       seeds=[seed + i for i in range(start, start + count)], class_labels=batch_labels, steps=steps,
-                       guidance_scale=guidance_scale if denoiser.conditional else 1.0, device=device, **sampler_args)
-            images.append(to_uint8(x.float()).cpu())
-    return torch.cat(images), labels
+        images = generate_images(denoiser, denoiser.process, items,
+                                 image_shape=(net.in_channels, net.resolution, net.resolution), sampler=sampler,
+                                 steps=steps, sampler_args=sampler_args, device=device, microbatch=batch_size)
+    return images, labels
 
 
 class QualityMonitor(pl.Callback):
