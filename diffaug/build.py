@@ -57,6 +57,8 @@ def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
         shuffle_buffer=d.shuffle_buffer,
         seed=d.seed,
         per_class_limit=d.per_class_limit,
+        holdout_per_class=d.holdout_per_class,
+        holdout_seed=d.holdout_seed,
         class_names=None if d.class_names is None else list(d.class_names),
         max_items=d.max_items,
     )

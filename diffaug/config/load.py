@@ -153,6 +153,8 @@ def validate(cfg: DictConfig) -> None:
     _require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
     _require(d.per_class_limit is None or d.per_class_limit >= 1, "data.per_class_limit",
              d.per_class_limit, "must be at least 1 (or null for all images)")
+    _require(d.holdout_per_class is None or d.holdout_per_class >= 1, "data.holdout_per_class",
+             d.holdout_per_class, "must be at least 1 (or null for no holdout)")
     _require(d.source in ("sklearn_digits",) or d.path is not None, "data.path", d.path,
              f"data.source={d.source} needs data.path")
     _require(0.0 <= cfg.objective.label_dropout < 1.0, "objective.label_dropout",

@@ -27,6 +27,10 @@ class DataConfig:
     hflip: bool = False  # off by default: flipping digits, text or lateralised anatomy changes the class
     shuffle_buffer: int = 1000
     per_class_limit: Optional[int] = None  # k real images per class: the low-data regimes diffaug is for
+    # Images per class (drawn by holdout_seed alone) kept out of training whatever data.seed is: the
+    # downstream benchmark's validation split, so that no model it compares ever trained on them.
+    holdout_per_class: Optional[int] = None
+    holdout_seed: int = 0
     class_names: Optional[list[str]] = None
     max_items: Optional[int] = None
     seed: int = 0
@@ -148,25 +152,37 @@ class ClusterConfig:
 
 @dataclass
 class DownstreamConfig:
-    """``diffaug eval downstream``: does the synthetic set help a classifier trained on few real images?"""
+    """``diffaug eval downstream`` / ``tune``: does the synthetic set help a classifier trained on few real images?
 
-    # Arms: real, real+aug (conventional augmentation), real+syn, real+aug+syn, syn (synthetic only).
+    Every choice is made on the validation holdout (data.holdout_per_class); see diffaug.evaluation.downstream.
+    """
+
+    # real, real+aug, real+syn, real+aug+syn, syn (synthetic only), real2x, real2x+aug (2k real per class)
     arms: list[str] = field(default_factory=lambda: ["real", "real+aug", "real+syn", "real+aug+syn"])
+    ks: list[int] = field(default_factory=list)  # k real images per class; empty: [data.per_class_limit]
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # each redraws the k-shot subset and init
     classifier: str = "small-cnn"  # "small-cnn" or any timm architecture name (random init, no download)
     classifier_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the classifier
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    per_class: Optional[int] = None  # k real images per class; None: data.per_class_limit (None: all)
-    # Fixed recipe, the same for every arm: AdamW, cosine decay, this many optimiser steps.
+    # Budget: at least `steps` AdamW steps, or `epochs` passes over an arm's real images where that is more.
     steps: int = 1000
-    batch_size: int = 64
+    epochs: Optional[float] = None
+    batch_size: int = 32  # real images in every batch, whatever the arm: equal real exposure
+    eval_every: int = 100  # validation accuracy every N steps; the best checkpoint is kept
     lr: float = 2.0e-3
     weight_decay: float = 5.0e-4
     label_smoothing: float = 0.0
-    synthetic_fraction: Optional[float] = None  # share of synthetic images per batch; None: by set sizes
-    aug_translate: float = 0.1  # conventional augmentation: max shift as a fraction of the image size
-    aug_rotate: float = 10.0  # max rotation in degrees
-    aug_scale: float = 0.1  # max relative zoom in or out
-    aug_hflip: bool = False  # off by default: flips change the class of digits and text
+    # Conventional recipes real+aug chooses from on validation (ops: crop, flip, affine, trivial, randaug,
+    # erase, mixup, cutmix, joined with +); the arms with +aug reuse its choice.
+    augment: list[str] = field(default_factory=lambda: ["crop", "crop+erase", "trivial+crop", "crop+cutmix"])
+    aug_hflip: bool = False  # whether left-right flips keep the class (clothing yes, digits no)
+    # The augmentation set of each cell; {k} and {seed} are filled in, so every cell uses a set made by a
+    # model trained on exactly its k-shot images. None: eval.export_dir, export.out_dir, else <run_dir>/export.
+    synthetic: Optional[str] = None
+    # Candidate ways to use the synthetic set, the grid chosen from on validation:
+    syn_ratio: list[float] = field(default_factory=lambda: [1.0])  # synthetic images per real image per batch
+    syn_weight: list[float] = field(default_factory=lambda: [1.0])  # loss weight of a synthetic image
+    syn_filter: list[Optional[float]] = field(default_factory=lambda: [None])  # keep p_teacher(class) >= this
+    syn_labels: list[str] = field(default_factory=lambda: ["hard"])  # "soft": the teacher's probabilities
     test_split: Literal["train", "test"] = "test"
     test_max_items: Optional[int] = None  # None: the whole test split
     device: str = "auto"

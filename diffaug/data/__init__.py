@@ -1,6 +1,6 @@
 """Data sources, pixel conventions and the Lightning data module."""
 
-from diffaug.data.base import SOURCES, ImageSource, SourceView, select_indices
+from diffaug.data.base import SOURCES, ImageSource, SourceView, holdout_indices, select_indices
 from diffaug.data.classmap import ClassMap
 from diffaug.data.corrupt import CorruptDataError, CorruptionLog
 from diffaug.data.datamodule import DiffusionDataModule
@@ -27,6 +27,7 @@ __all__ = [
     "read_idx",
     "read_idx_header",
     "read_manifest",
+    "holdout_indices",
     "select_indices",
     "to_model_range",
     "to_uint8",

@@ -104,12 +104,19 @@ def select_indices(
     per_class_limit: int | None,
     max_items: int | None,
     seed: int,
+    holdout_per_class: int | None = None,
+    holdout_seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (train, val) index split, stratified by class.
 
     Each class is permuted with ``seed``; its validation items come from the end of the permutation and
     its ``per_class_limit`` training items from the front, so the k-shot training set for a seed does not
-    change with val_fraction. ``max_items`` then caps each split (a seeded subset, sorted).
+    change with val_fraction, and the k-shot set of a seed is the front of its 2k-shot set.
+    ``max_items`` then caps each split (a seeded subset, sorted).
+
+    ``holdout_per_class`` items per class (chosen by ``holdout_seed`` alone) are removed first and never
+    reach either split: the downstream benchmark's validation images (:func:`holdout_indices`), kept out of
+    diffusion training whatever the run's ``seed``.
     """
     targets = np.asarray(targets, dtype=np.int64)
     if len(targets) and (targets.min() < 0 or targets.max() >= num_classes):
@@ -117,11 +124,15 @@ def select_indices(
             f"labels range over [{targets.min()}, {targets.max()}] but there are only {num_classes} class "
             "names; pass class_names with one name per label"
         )
+    held = holdout_indices(targets, num_classes=num_classes, per_class=holdout_per_class, seed=holdout_seed)
     rng = np.random.default_rng(seed)
     train: list[np.ndarray] = []
     val: list[np.ndarray] = []
     for c in range(num_classes):
-        members = rng.permutation(np.flatnonzero(targets == c))
+        members = np.flatnonzero(targets == c)
+        if len(held):
+            members = members[~np.isin(members, held)]
+        members = rng.permutation(members)
         n_val = min(int(round(val_fraction * len(members))), max(len(members) - 1, 0))
         val.append(members[len(members) - n_val :])
         rest = members[: len(members) - n_val]
@@ -140,6 +151,29 @@ def select_indices(
         _capped(np.concatenate(train), max_items, cap_rng),
         _capped(np.concatenate(val), max_items, cap_rng),
     )
+
+
+def holdout_indices(
+    targets: np.ndarray, *, num_classes: int, per_class: int | None, seed: int
+) -> np.ndarray:
+    """(num_classes * per_class,) sorted indices: ``per_class`` items of every class drawn with ``seed``.
+
+    A class with no more than ``per_class`` items would lose all of them: that is refused, naming the class.
+    """
+    if per_class is None or per_class == 0:
+        return np.zeros(0, dtype=np.int64)
+    targets = np.asarray(targets, dtype=np.int64)
+    rng = np.random.default_rng([seed, 2])  # a stream of its own: independent of every run seed
+    chosen = []
+    for c in range(num_classes):
+        members = np.flatnonzero(targets == c)
+        if len(members) <= per_class:
+            raise ValueError(
+                f"class {c} has {len(members)} items, not more than holdout_per_class={per_class}: nothing would "
+                "be left to train on; lower data.holdout_per_class"
+            )
+        chosen.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 def _capped(indices: np.ndarray, max_items: int | None, rng: np.random.Generator) -> np.ndarray:

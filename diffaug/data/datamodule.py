@@ -55,6 +55,8 @@ class DiffusionDataModule(pl.LightningDataModule):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         per_class_limit: int | None = None,
+        holdout_per_class: int | None = None,
+        holdout_seed: int = 0,
         class_names: Sequence[str] | None = None,
         max_items: int | None = None,
         rank: int | None = None,
@@ -76,13 +78,14 @@ class DiffusionDataModule(pl.LightningDataModule):
         if not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be an int >= 0, got {shuffle_buffer!r}")
         _check_optional_positive("per_class_limit", per_class_limit)
+        _check_optional_positive("holdout_per_class", holdout_per_class)
         _check_optional_positive("max_items", max_items)
         if source == "shards":
             if path is None:
                 raise ValueError("source='shards' needs path: a shard directory, pattern or pipe: command")
-            if per_class_limit is not None:
+            if per_class_limit is not None or holdout_per_class is not None:
                 raise ValueError(
-                    "per_class_limit needs a map-style source (folder, idx, sklearn_digits); streamed shards "
+                    "per_class_limit and holdout_per_class need a map-style source (folder, idx, sklearn_digits); streamed shards "
                     "cannot pick k items per class deterministically, so export the k-shot subset instead"
                 )
         elif val_path is not None:
@@ -105,6 +108,8 @@ class DiffusionDataModule(pl.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.per_class_limit = per_class_limit
+        self.holdout_per_class = holdout_per_class
+        self.holdout_seed = holdout_seed
         self.class_names = None if class_names is None else tuple(class_names)
         self.max_items = max_items
         self.rank = rank
@@ -191,6 +196,8 @@ class DiffusionDataModule(pl.LightningDataModule):
             per_class_limit=self.per_class_limit,
             max_items=self.max_items,
             seed=self.seed,
+            holdout_per_class=self.holdout_per_class,
+            holdout_seed=self.holdout_seed,
         )
         if len(train_idx) < self.batch_size:
             raise ValueError(

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from diffaug.config import ConfigError, load_config
 from diffaug.evaluation.configured import build_extractor, real_split, resolve_device
-from diffaug.evaluation.data import load_export
+from diffaug.evaluation.data import LabelledImages, load_export
 
 logger = logging.getLogger(__name__)
 
@@ -31,41 +31,68 @@ def _out_dir(cfg: DictConfig, given: str | None, leaf: str) -> Path:
     return Path(given) if given else Path(cfg.eval.out_dir or Path(cfg.run_dir) / "eval") / leaf
 
 
-def _downstream(cfg: DictConfig, args: argparse.Namespace) -> int:
-    from diffaug.evaluation.downstream import ARMS, check_arms, log_to_wandb, run_downstream, write_report
-    from diffaug.evaluation.recipe import ConventionalAugment, Recipe
+def _synthetic_source(cfg: DictConfig, args: argparse.Namespace, *, holdout: tuple[int, int]):
+    """(k, seed) -> that cell's augmentation set, refusing a set whose model trained on other real images."""
+    from diffaug.evaluation.data import check_export_training_data
+
+    pattern = str(args.export or cfg.eval.downstream.synthetic or _export_dir(cfg, None))
+
+    def load(k: int, seed: int) -> LabelledImages:
+        path = Path(pattern.format(k=k, seed=seed))
+        check_export_training_data(path, source=str(cfg.data.source), k=k, seed=seed, holdout=holdout)
+        return load_export(path, resolution=int(cfg.data.resolution), channels=int(cfg.data.channels))
+
+    return load
+
+
+def _downstream_spec(cfg: DictConfig):
+    from diffaug.evaluation.downstream import BenchmarkSpec, synthetic_grid
+    from diffaug.evaluation.recipe import Recipe
 
     s = cfg.eval.downstream
-    arms = check_arms(list(s.arms))  # before any data is read
-    k = s.per_class if s.per_class is not None else cfg.data.per_class_limit
-    real_train = real_split(cfg, split="train", per_class=k)
-    test = real_split(cfg, split=s.test_split, max_items=s.test_max_items)
-    synthetic = None
-    if any(ARMS[a].synthetic for a in arms):
-        synthetic = load_export(
-            _export_dir(cfg, args.export), resolution=int(cfg.data.resolution), channels=int(cfg.data.channels)
+    ks = [int(k) for k in s.ks] or ([int(cfg.data.per_class_limit)] if cfg.data.per_class_limit else [])
+    if not ks:
+        raise ConfigError("eval.downstream.ks is empty and data.per_class_limit is null: give the k values, "
+                          "e.g. eval.downstream.ks=[10,50]")
+    recipe = Recipe(steps=int(s.steps), batch_size=int(s.batch_size), lr=float(s.lr), weight_decay=float(s.weight_decay),
+                    label_smoothing=float(s.label_smoothing), eval_every=int(s.eval_every))
+    return BenchmarkSpec(
+        arms=list(s.arms), ks=ks, seeds=[int(x) for x in s.seeds], recipe=recipe, augment=list(s.augment),
+        hflip=bool(s.aug_hflip), epochs=None if s.epochs is None else float(s.epochs),
+        synthetic=synthetic_grid(list(s.syn_ratio), list(s.syn_weight), list(s.syn_filter), list(s.syn_labels)),
+        classifier=str(s.classifier), classifier_args=dict(s.classifier_args),
+    )
+
+
+def _downstream(cfg: DictConfig, args: argparse.Namespace, *, tune_only: bool = False) -> int:
+    from diffaug.evaluation.downstream import ARMS, Pool, log_to_wandb, run_downstream, write_report
+
+    s = cfg.eval.downstream
+    spec = _downstream_spec(cfg)  # every setting checked before any data is read
+    if cfg.data.holdout_per_class is None:
+        raise ConfigError(
+            "the downstream benchmark chooses every setting on a validation split that no model trained on: set "
+            "data.holdout_per_class (e.g. 100), and train the diffusion models with the same value so they never "
+            "see those images"
         )
-    recipe = Recipe(
-        steps=int(s.steps), batch_size=int(s.batch_size), lr=float(s.lr), weight_decay=float(s.weight_decay),
-        label_smoothing=float(s.label_smoothing),
-        synthetic_fraction=None if s.synthetic_fraction is None else float(s.synthetic_fraction),
-    )
-    augment = ConventionalAugment(
-        translate=float(s.aug_translate), rotate=float(s.aug_rotate), scale=float(s.aug_scale), hflip=bool(s.aug_hflip)
-    )
-    result = run_downstream(
-        real_train=real_train, test=test, synthetic=synthetic, arms=arms, seeds=[int(x) for x in s.seeds],
-        recipe=recipe, augment=augment, classifier=s.classifier, classifier_args=dict(s.classifier_args),
-        device=resolve_device(s.device),
-    )
-    k_text = f"{k} real images per class" if k is not None else "all real images"
-    paths = write_report(result, _out_dir(cfg, args.out, "downstream"), title=f"Downstream benchmark: {cfg.name}, {k_text}")
-    if cfg.logging.logger == "wandb":
+    holdout = (int(cfg.data.holdout_per_class), int(cfg.data.holdout_seed))
+    pool = Pool(real_split(cfg, split="train"), *holdout)
+    synthetic = (_synthetic_source(cfg, args, holdout=holdout)
+                 if any(ARMS[a].synthetic for a in spec.arms) else None)
+    test = None if tune_only else real_split(cfg, split=s.test_split, max_items=s.test_max_items)
+    result = run_downstream(pool=pool, test=test, synthetic=synthetic, spec=spec, device=resolve_device(s.device))
+    leaf = "tune" if tune_only else "downstream"
+    paths = write_report(result, _out_dir(cfg, args.out, leaf), title=f"Downstream benchmark: {cfg.name}")
+    if cfg.logging.logger == "wandb" and not tune_only:
         log_to_wandb(result, paths, project=cfg.logging.project, entity=cfg.logging.entity, mode=cfg.logging.mode,
                      name=f"{cfg.name}-downstream")
-    print(paths["report"].read_text().split("![")[0].rstrip())
-    print(f"\nreport: {paths['report']}\nplot:   {paths['plot']}")
+    print(paths["report"].read_text().split("## Memorisation")[0].split("## Per-class")[0].rstrip())
+    print(f"\nreport: {paths['report']}")
     return 0
+
+
+def _tune(cfg: DictConfig, args: argparse.Namespace) -> int:
+    return _downstream(cfg, args, tune_only=True)
 
 
 def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
@@ -145,14 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffaug eval", description="Evaluate an exported augmentation set.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, func, text in (
-        ("downstream", _downstream, "train classifiers on real / augmented / synthetic arms and compare test accuracy"),
+        ("downstream", _downstream, "train classifiers on real / augmented / synthetic arms, choose on validation, "
+         "compare test accuracy"),
+        ("tune", _tune, "the downstream benchmark's validation search alone: the chosen settings and their "
+         "validation scores; never reads the test split"),
         ("fid", _fid, "FID, KID, precision / recall, IS of the exported set against the real data, overall and per class"),
         ("bpd", _bpd, "bits/dim of real images through the probability-flow ODE of a VP / sub-VP / VE model"),
     ):
         p = commands.add_parser(name, help=text)
         p.add_argument("items", nargs="*", metavar="CONFIG_OR_OVERRIDE")
-        p.add_argument("--export", default=None, help="augmentation set folder (default: eval.export_dir, "
-                       "export.out_dir, else <run_dir>/export)")
+        p.add_argument("--export", default=None, help="augmentation set folder; for downstream / tune {k} and {seed} "
+                       "fill in per cell (default: eval.downstream.synthetic, eval.export_dir, export.out_dir, else "
+                       "<run_dir>/export)")
         p.add_argument("--out", default=None, help="report folder (default: <eval.out_dir or run_dir/eval>/<command>)")
         p.add_argument("--checkpoint", default=None, help="bpd only: the model (default: eval.likelihood.checkpoint, "
                        "else <run_dir>/model.safetensors)")

@@ -179,3 +179,32 @@ def _load_export_folder(root: Path, *, resolution: int, channels: int, max_items
     # folder class j is export class dirs.index(present[j])
     lookup = torch.tensor([dirs.index(d) for d in present], dtype=torch.int64)
     return LabelledImages(data.images, lookup[data.labels], names)
+
+
+def check_export_training_data(
+    export_dir: str | os.PathLike, *, source: str, k: int, seed: int, holdout: tuple[int, int]
+) -> None:
+    """Refuse a set whose model trained on other labelled images than the benchmark cell's k-shot subset
+    (it would leak labels the cell does not have), or on the validation holdout. Sets without a dataset card
+    (made elsewhere) pass unchecked."""
+    card = Path(export_dir) / "dataset_card.json"
+    if not card.is_file():
+        return
+    data = (json.loads(card.read_text()).get("config") or {}).get("data") or {}
+    if not data:
+        return
+    trained = {
+        "source": data.get("source"), "per_class_limit": data.get("per_class_limit"), "seed": data.get("seed"),
+        "holdout_per_class": data.get("holdout_per_class"), "holdout_seed": data.get("holdout_seed", 0),
+    }
+    wanted = {"source": source, "per_class_limit": k, "seed": seed, "holdout_per_class": holdout[0],
+              "holdout_seed": holdout[1]}
+    wrong = {key: (trained[key], value) for key, value in wanted.items() if trained[key] != value}
+    if wrong:
+        detail = ", ".join(f"data.{key}={got!r} (the cell needs {need!r})" for key, (got, need) in wrong.items())
+        raise ValueError(
+            f"the augmentation set {export_dir} was made by a model trained with {detail}: its images could carry "
+            f"labels or validation images the benchmark cell k={k}, seed={seed} does not have. Train one model per cell "
+            "(data.per_class_limit=k, data.seed=seed, the same data.holdout_per_class) and point "
+            "eval.downstream.synthetic at its export, with {k} and {seed} in the path"
+        )

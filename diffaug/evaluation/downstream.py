@@ -1,294 +1,606 @@
-"""The downstream augmentation benchmark: does adding the synthetic set help a classifier?
+"""The downstream benchmark: does the synthetic set help a classifier trained on k real images per class?
 
-Arms (the same fixed recipe and seeds for each; seed s gives every arm the same initialisation):
-  (a) real           the k-shot real training images
-  (b) real+aug       (a) with conventional augmentation
-  (c) real+syn       (a) plus the exported synthetic set
-  (d) real+aug+syn   (c) with conventional augmentation on every image
-  (e) syn            the synthetic set alone
-Reported: test accuracy mean and spread per arm, the gain over (a) and over (b) (paired by seed), and
-per-class accuracy, as CSV, Markdown and a PNG plot.
+The protocol, built so that a result can be trusted:
+
+- **cells**: every k of ``ks`` times every seed. A seed draws its own k-shot subset (the data module's
+  ``per_class_limit`` subset for ``data.seed = seed``: exactly the images a diffusion model trained with
+  that seed saw) and the classifiers' initialisation; the arms of a cell share both.
+- **validation, not test, for every choice**: the validation images are the data's holdout
+  (``data.holdout_per_class``), drawn once and never part of any training set. Each arm tries its
+  candidate settings (augmentation recipes, real:synthetic ratio, loss weight, teacher filter, labels),
+  keeps each run's best-validation checkpoint, and the best candidate is the arm's result. The test
+  split is read once per arm and cell, for the chosen candidate only (``test=False`` never reads it).
+- **equal real exposure**: every batch holds ``batch_size`` real images (recipe.py); synthetic images
+  come on top, so every arm of a cell sees each real image equally often.
+
+Arms:
+  real            the k-shot real images, no augmentation
+  real+aug        the best conventional recipe of ``augment`` on validation
+  real+syn        real + the synthetic set (best synthetic setting)
+  real+aug+syn    real+aug's chosen recipe on real and synthetic images, best synthetic setting
+  syn             the synthetic set alone (Classification Accuracy Score, a diagnostic)
+  real2x          2k real images per class (the k-shot images plus k more): what more real data is worth
+  real2x+aug      2k real images with real+aug's chosen recipe
+
+Reported per k: test accuracy mean / std over seeds, paired gains over the baselines with a 95%
+t-interval, every candidate's validation score, whether the budget looked short, as CSV, Markdown and
+a plot of accuracy against k.
 """
 
 from __future__ import annotations
 
-import csv
+import itertools
+import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from diffaug.data import select_indices
+from diffaug.evaluation.augment import Augmenter, parse_recipe
 from diffaug.evaluation.classifiers import build_classifier
 from diffaug.evaluation.data import LabelledImages
-from diffaug.evaluation.recipe import ConventionalAugment, Recipe, evaluate_classifier, fit_classifier
+from diffaug.evaluation.recipe import FitResult, Recipe, SyntheticMix, evaluate_classifier, fit_classifier, predict_proba
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Arm:
-    letter: str
-    real: bool
+    real: int  # real images per class, in units of k (0: none)
     augment: bool
     synthetic: bool
     description: str
 
 
 ARMS: dict[str, Arm] = {
-    "real": Arm("a", True, False, False, "real images only"),
-    "real+aug": Arm("b", True, True, False, "real + conventional augmentation"),
-    "real+syn": Arm("c", True, False, True, "real + synthetic set"),
-    "real+aug+syn": Arm("d", True, True, True, "real + conventional augmentation + synthetic set"),
-    "syn": Arm("e", False, False, True, "synthetic set only"),
+    "real": Arm(1, False, False, "real images only"),
+    "real+aug": Arm(1, True, False, "real + the best validated conventional augmentation"),
+    "real+syn": Arm(1, False, True, "real + synthetic set"),
+    "real+aug+syn": Arm(1, True, True, "real + conventional augmentation + synthetic set"),
+    "syn": Arm(0, False, True, "synthetic set only (Classification Accuracy Score)"),
+    "real2x": Arm(2, False, False, "twice the real images"),
+    "real2x+aug": Arm(2, True, False, "twice the real images + conventional augmentation"),
 }
-BASELINES = ("real", "real+aug")
+BASELINES = ("real", "real+aug", "real2x+aug")
+LABELS = ("hard", "soft")
 
 
-def check_arms(arms: list[str]) -> list[str]:
+def check_arms(arms: Sequence[str]) -> list[str]:
+    """The arms in report order; unknown, repeated or unsupported combinations fail with the valid choices."""
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
-        raise ValueError(f"unknown or no arms {unknown or arms}; choose from {list(ARMS)}")
+        raise ValueError(f"unknown or no arms {unknown or list(arms)}; choose from {list(ARMS)}")
     if len(set(arms)) != len(arms):
-        raise ValueError(f"arms repeat: {arms}")
-    return sorted(arms, key=lambda a: ARMS[a].letter)
+        raise ValueError(f"arms repeat: {list(arms)}")
+    needs_aug = [a for a in arms if ARMS[a].augment and a != "real+aug"]
+    if needs_aug and "real+aug" not in arms:
+        raise ValueError(f"arms {needs_aug} reuse the augmentation recipe chosen by real+aug; add real+aug to the arms")
+    return sorted(arms, key=list(ARMS).index)
+
+
+@dataclass(frozen=True)
+class SyntheticSetting:
+    """One candidate way of using the synthetic set, chosen on validation."""
+
+    ratio: float = 1.0  # synthetic images per real image in a batch
+    weight: float = 1.0  # loss weight of a synthetic image relative to a real one
+    filter: float | None = None  # keep images the teacher gives p(intended class) >= this
+    labels: str = "hard"  # "soft": train on the teacher's probabilities instead of the intended class
+
+    def __post_init__(self) -> None:
+        SyntheticMix(self.ratio, self.weight)  # validates
+        if self.filter is not None and not 0.0 < self.filter < 1.0:
+            raise ValueError(f"a teacher filter threshold must be in (0, 1) or null, got {self.filter}")
+        if self.labels not in LABELS:
+            raise ValueError(f"synthetic labels {self.labels!r} are not valid; choose one of {list(LABELS)}")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.filter is not None or self.labels == "soft"
+
+    def describe(self) -> str:
+        text = f"ratio {self.ratio:g}, weight {self.weight:g}"
+        text += "" if self.filter is None else f", filter {self.filter:g}"
+        return text + ("" if self.labels == "hard" else ", soft labels")
+
+
+def synthetic_grid(
+    ratios: Sequence[float], weights: Sequence[float], filters: Sequence[float | None], labels: Sequence[str]
+) -> list[SyntheticSetting]:
+    grid = [SyntheticSetting(float(r), float(w), None if f is None else float(f), str(lab))
+            for r, w, f, lab in itertools.product(ratios, weights, filters, labels)]
+    if not grid:
+        raise ValueError("the synthetic settings grid is empty: give at least one ratio, weight, filter and label mode")
+    return grid
+
+
+@dataclass
+class Candidate:
+    """One trained candidate of an arm in a cell, scored on validation."""
+
+    arm: str
+    k: int
+    seed: int
+    setting: str
+    val: float
+    best_step: int
+    steps: int
+    still_rising: bool
+    real_seen: int
+    synthetic_seen: int
+    train_images: int
+    seconds: float
 
 
 @dataclass
 class RunResult:
+    """An arm's chosen candidate in a cell, with its single test evaluation (None when test=False)."""
+
     arm: str
+    k: int
     seed: int
-    accuracy: float
-    per_class: list[float]
+    setting: str
+    val: float
+    accuracy: float | None
+    per_class: list[float] | None
     train_images: int
-    seconds: float
+    best_step: int
+    steps: int
+    still_rising: bool
+    real_seen: int
 
 
 @dataclass
 class DownstreamResult:
     class_names: tuple[str, ...]
     arms: list[str]
+    ks: list[int]
     seeds: list[int]
     runs: list[RunResult]
+    candidates: list[Candidate]
     settings: dict[str, Any] = field(default_factory=dict)
+    memorisation: list[dict[str, Any]] = field(default_factory=list)
 
-    def accuracies(self, arm: str) -> np.ndarray:
-        """(S,) accuracy per seed, in seed order."""
-        by_seed = {r.seed: r.accuracy for r in self.runs if r.arm == arm}
-        return np.array([by_seed[s] for s in self.seeds])
+    def accuracies(self, arm: str, k: int) -> np.ndarray:
+        """(S,) test accuracy per seed, in seed order."""
+        by_seed = {r.seed: r.accuracy for r in self.runs if r.arm == arm and r.k == k}
+        return np.array([by_seed[s] for s in self.seeds], dtype=np.float64)
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per arm: mean, sample standard deviation, min, max, and paired gains over the baselines."""
+        """One row per (k, arm): mean, std, min, max over seeds, and paired gains over each baseline present
+        with their 95% t-interval half-width."""
         rows = []
-        for arm in self.arms:
-            acc = self.accuracies(arm)
-            row: dict[str, Any] = {
-                "arm": f"({ARMS[arm].letter}) {arm}",
-                "mean": acc.mean(),
-                "std": acc.std(ddof=1) if len(acc) > 1 else 0.0,
-                "min": acc.min(),
-                "max": acc.max(),
-                "seeds": len(acc),
-            }
-            for base in BASELINES:
-                if base in self.arms:
-                    gain = acc - self.accuracies(base)
-                    row[f"gain_vs_{base}"] = gain.mean()
-                    row[f"gain_vs_{base}_std"] = gain.std(ddof=1) if len(gain) > 1 else 0.0
-            rows.append(row)
+        for k in self.ks:
+            for arm in self.arms:
+                acc = self.accuracies(arm, k)
+                runs = [r for r in self.runs if r.arm == arm and r.k == k]
+                row: dict[str, Any] = {
+                    "k": k, "arm": arm, "mean": acc.mean(), "std": _std(acc), "min": acc.min(), "max": acc.max(),
+                    "seeds": len(acc), "train_images": runs[0].train_images,
+                    "val_mean": float(np.mean([r.val for r in runs])),
+                    "still_rising": sum(r.still_rising for r in runs),
+                }
+                for base in BASELINES:
+                    if base in self.arms and base != arm:
+                        gain = acc - self.accuracies(base, k)
+                        row[f"gain_vs_{base}"] = gain.mean()
+                        row[f"gain_vs_{base}_ci95"] = confidence_halfwidth(gain)
+                rows.append(row)
         return rows
 
-    def per_class_means(self) -> dict[str, np.ndarray]:
-        """arm -> (K,) per-class accuracy averaged over seeds."""
+    def per_class_means(self, k: int) -> dict[str, np.ndarray]:
+        """arm -> (K,) per-class test accuracy averaged over seeds, at k."""
         return {
-            arm: np.nanmean(np.array([r.per_class for r in self.runs if r.arm == arm]), axis=0) for arm in self.arms
+            arm: np.nanmean(np.array([r.per_class for r in self.runs if r.arm == arm and r.k == k]), axis=0)
+            for arm in self.arms
         }
+
+
+def _std(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def confidence_halfwidth(values: np.ndarray, level: float = 0.95) -> float:
+    """Half-width of the two-sided t-interval of the mean of ``values`` (paired differences); NaN for one."""
+    if len(values) < 2:
+        return float("nan")
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, df=len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+# ---------------------------------------------------------------- the splits of a cell
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The labelled training split, in source order, and the holdout that validation reads."""
+
+    train: LabelledImages
+    holdout_per_class: int
+    holdout_seed: int
+
+    def kshot(self, k: int, seed: int) -> LabelledImages:
+        """The k-shot subset of ``seed``: the same indices the data module picks for per_class_limit=k."""
+        counts = np.bincount(self.train.labels.numpy(), minlength=self.train.num_classes) - self.holdout_per_class
+        if k > counts.min():
+            c = int(counts.argmin())
+            raise ValueError(
+                f"k={k} images per class is more than class {self.train.class_map.names[c]!r} has outside the "
+                f"validation holdout ({int(counts[c])}); lower the k values (at most {int(counts.min())}) or "
+                "data.holdout_per_class"
+            )
+        index, _ = select_indices(
+            self.train.labels.numpy(), num_classes=self.train.num_classes, val_fraction=0.0, per_class_limit=k,
+            max_items=None, seed=seed, holdout_per_class=self.holdout_per_class, holdout_seed=self.holdout_seed,
+        )
+        return self.train.subset(torch.from_numpy(index))
+
+    def validation(self) -> LabelledImages:
+        from diffaug.data import holdout_indices
+
+        index = holdout_indices(self.train.labels.numpy(), num_classes=self.train.num_classes,
+                                per_class=self.holdout_per_class, seed=self.holdout_seed)
+        return self.train.subset(torch.from_numpy(index))
+
+
+# ---------------------------------------------------------------- running a cell
+
+
+@dataclass
+class BenchmarkSpec:
+    """Everything the benchmark varies or holds fixed (the config's eval.downstream, typed)."""
+
+    arms: list[str]
+    ks: list[int]
+    seeds: list[int]
+    recipe: Recipe
+    augment: list[str] = field(default_factory=lambda: ["crop"])
+    hflip: bool = False
+    synthetic: list[SyntheticSetting] = field(default_factory=lambda: [SyntheticSetting()])
+    epochs: float | None = None  # passes over an arm's real images; raises recipe.steps where it is short
+    classifier: str = "small-cnn"
+    classifier_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.arms = check_arms(self.arms)
+        for name, values in (("ks", self.ks), ("seeds", self.seeds)):
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{name} must be a non-empty list of distinct ints, got {list(values)}")
+        if any(k < 1 for k in self.ks):
+            raise ValueError(f"every k must be at least 1, got {list(self.ks)}")
+        if not self.augment:
+            raise ValueError("augment needs at least one conventional recipe to validate (e.g. [crop])")
+        for recipe in self.augment:
+            parse_recipe(recipe)
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"epochs must be positive or null, got {self.epochs}")
+
+    def steps_for(self, n_images: int) -> int:
+        if self.epochs is None:
+            return self.recipe.steps
+        return max(self.recipe.steps, math.ceil(self.epochs * n_images / self.recipe.batch_size))
+
+
+SyntheticSource = Callable[[int, int], LabelledImages]  # (k, seed) -> the synthetic set of that cell
 
 
 def run_downstream(
     *,
-    real_train: LabelledImages,
-    test: LabelledImages,
-    synthetic: LabelledImages | None,
-    arms: list[str],
-    seeds: list[int],
-    recipe: Recipe,
-    augment: ConventionalAugment,
-    classifier: str = "small-cnn",
-    classifier_args: dict[str, Any] | None = None,
+    pool: Pool,
+    test: LabelledImages | None,
+    synthetic: SyntheticSource | None,
+    spec: BenchmarkSpec,
     device: str | torch.device = "cpu",
 ) -> DownstreamResult:
-    """Train and test one classifier per (arm, seed)."""
-    arms = check_arms(list(arms))
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct ints, got {seeds}")
-    if test.class_map != real_train.class_map:
-        raise ValueError(f"test classes {test.class_map.names} differ from training classes {real_train.class_map.names}")
-    if synthetic is not None:
-        synthetic = synthetic.aligned_to(real_train.class_map)
-        if synthetic.images.shape[1:] != real_train.images.shape[1:]:
-            raise ValueError(
-                f"synthetic images are {tuple(synthetic.images.shape[1:])} but real ones "
-                f"{tuple(real_train.images.shape[1:])}; load both at the same resolution and channels"
-            )
-    needs_syn = [a for a in arms if ARMS[a].synthetic]
-    if needs_syn and (synthetic is None or not len(synthetic)):
-        raise ValueError(f"arms {needs_syn} need a synthetic set; pass the export folder or drop those arms")
+    """Every arm of every (k, seed) cell; ``test=None`` tunes on validation only and never reads a test split."""
+    if test is not None and test.class_map != pool.train.class_map:
+        raise ValueError(f"test classes {test.class_map.names} differ from training classes {pool.train.class_map.names}")
+    if any(ARMS[a].synthetic for a in spec.arms) and synthetic is None:
+        needs = [a for a in spec.arms if ARMS[a].synthetic]
+        raise ValueError(f"arms {needs} need a synthetic set (eval.downstream.synthetic); drop them or give one")
     device = torch.device(device)
-    in_channels = real_train.images.shape[1]
+    val = pool.validation()
     runs: list[RunResult] = []
-    for seed in seeds:
-        for arm_name in arms:
-            arm = ARMS[arm_name]
-            start = time.perf_counter()
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)  # the same initial weights for every arm of a seed
-                model = build_classifier(
-                    classifier, num_classes=real_train.num_classes, in_channels=in_channels, **(classifier_args or {})
-                )
-                fit_classifier(
-                    model,
-                    real=real_train if arm.real else None,
-                    synthetic=synthetic if arm.synthetic else None,
-                    augment=augment if arm.augment else None,
-                    recipe=recipe,
-                    seed=seed,
-                    device=device,
-                )
-            accuracy, per_class = evaluate_classifier(model, test, device=device)
-            seconds = time.perf_counter() - start
-            train_images = (len(real_train) if arm.real else 0) + (len(synthetic) if arm.synthetic else 0)
-            runs.append(RunResult(arm_name, seed, accuracy, per_class.tolist(), train_images, seconds))
-            logger.info("arm %s seed %d: test accuracy %.4f (%.0f s)", arm_name, seed, accuracy, seconds)
+    candidates: list[Candidate] = []
+    memorisation: list[dict[str, Any]] = []
+    for k in spec.ks:
+        for seed in spec.seeds:
+            cell = _Cell(pool, k, seed, val, test, spec, device)
+            if synthetic is not None and any(ARMS[a].synthetic for a in spec.arms):
+                cell.synthetic = synthetic(k, seed).aligned_to(pool.train.class_map)
+                _check_synthetic(cell.synthetic, cell.real(1))
+                from diffaug.evaluation.memorisation import memorisation_report
+
+                memorisation.append({"k": k, "seed": seed, **memorisation_report(cell.synthetic, cell.real(1))})
+            for arm in spec.arms:
+                run, tried = cell.run_arm(arm)
+                runs.append(run)
+                candidates.extend(tried)
     settings = {
-        "classifier": classifier,
-        "classifier_args": dict(classifier_args or {}),
-        "recipe": vars(recipe),
-        "augment": vars(augment),
-        "real_per_class": real_train.class_counts().tolist(),
-        "synthetic_per_class": None if synthetic is None else synthetic.class_counts().tolist(),
-        "test_images": len(test),
+        "classifier": spec.classifier, "classifier_args": dict(spec.classifier_args), "recipe": asdict(spec.recipe),
+        "epochs": spec.epochs, "augment": list(spec.augment), "hflip": spec.hflip,
+        "synthetic": [asdict(s) for s in spec.synthetic], "val_images": len(val),
+        "val_per_class": pool.holdout_per_class, "test_images": None if test is None else len(test),
     }
-    return DownstreamResult(tuple(real_train.class_map.names), arms, list(seeds), runs, settings)
+    return DownstreamResult(tuple(pool.train.class_map.names), spec.arms, list(spec.ks), list(spec.seeds), runs,
+                            candidates, settings, memorisation)
+
+
+def _check_synthetic(synthetic: LabelledImages, real: LabelledImages) -> None:
+    if synthetic.images.shape[1:] != real.images.shape[1:]:
+        raise ValueError(
+            f"synthetic images are {tuple(synthetic.images.shape[1:])} but real ones {tuple(real.images.shape[1:])}; "
+            "load both at the same resolution and channels"
+        )
+    if not len(synthetic):
+        raise ValueError("the synthetic set is empty")
+
+
+class _Cell:
+    """One (k, seed): its data, its teacher, and the choices its arms made (real+aug's recipe is reused)."""
+
+    def __init__(self, pool: Pool, k: int, seed: int, val: LabelledImages, test: LabelledImages | None,
+                 spec: BenchmarkSpec, device: torch.device):
+        self.pool, self.k, self.seed, self.val, self.test, self.spec, self.device = pool, k, seed, val, test, spec, device
+        self.synthetic: LabelledImages | None = None
+        self._real: dict[int, LabelledImages] = {}
+        self.chosen_augment: str | None = None
+        self.real_models: list[torch.nn.Module] = []  # every classifier trained on the k real images alone
+        self._teacher: torch.Tensor | None = None
+
+    def real(self, multiple: int) -> LabelledImages:
+        if multiple not in self._real:
+            self._real[multiple] = self.pool.kshot(multiple * self.k, self.seed)
+        return self._real[multiple]
+
+    def teacher_probs(self) -> torch.Tensor:
+        """(N_syn, K): the mean softmax over the cell's real-only classifiers (an ensemble that never saw a
+        synthetic or validation image) for each synthetic image."""
+        if self._teacher is None:
+            if not self.real_models:
+                raise ValueError("a teacher filter or soft labels need the real or real+aug arm, whose classifiers "
+                                 "form the teacher; add one of them to the arms")
+            assert self.synthetic is not None
+            self._teacher = torch.stack(
+                [predict_proba(m, self.synthetic.images, device=self.device) for m in self.real_models]
+            ).mean(dim=0)
+        return self._teacher
+
+    def _fit(self, *, real: LabelledImages | None, synthetic: LabelledImages | None, augment: str | None,
+             setting: SyntheticSetting | None, targets: torch.Tensor | None) -> FitResult:
+        n_real = len(real) if real is not None else 0
+        recipe = Recipe(**{**asdict(self.spec.recipe), "steps": self.spec.steps_for(n_real or len(synthetic))})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # the same initial weights for every arm and candidate of a seed
+            model = build_classifier(self.spec.classifier, num_classes=self.pool.train.num_classes,
+                                     in_channels=self.pool.train.images.shape[1], **self.spec.classifier_args)
+            aug = None if augment is None else Augmenter(augment, size=self.pool.train.images.shape[-1],
+                                                         hflip=self.spec.hflip)
+            mix = SyntheticMix() if setting is None else SyntheticMix(setting.ratio, setting.weight)
+            return fit_classifier(model, real=real, synthetic=synthetic, augment=aug, recipe=recipe, seed=self.seed,
+                                  device=self.device, mix=mix, synthetic_targets=targets, val=self.val)
+
+    def _candidates(self, arm_name: str) -> list[tuple[str, dict[str, Any]]]:
+        arm = ARMS[arm_name]
+        if not arm.synthetic:
+            recipes = self.spec.augment if arm_name == "real+aug" else [self.chosen_augment] if arm.augment else [None]
+            return [(recipe or "none", {"augment": recipe, "setting": None}) for recipe in recipes]
+        augment = self.chosen_augment if arm.augment else None
+        if arm.real == 0:  # the diagnostic: the set as exported, nothing tuned
+            return [("as exported", {"augment": None, "setting": None})]
+        return [(s.describe() + (f", {augment}" if augment else ""), {"augment": augment, "setting": s})
+                for s in self.spec.synthetic]
+
+    def run_arm(self, arm_name: str) -> tuple[RunResult, list[Candidate]]:
+        arm = ARMS[arm_name]
+        real = self.real(arm.real) if arm.real else None
+        tried: list[tuple[Candidate, FitResult]] = []
+        for label, options in self._candidates(arm_name):
+            start = time.perf_counter()
+            synthetic, targets = self._synthetic_for(options["setting"]) if arm.synthetic else (None, None)
+            if arm.synthetic and synthetic is None:
+                logger.warning("k=%d seed %d %s [%s]: the teacher filter keeps no synthetic image; candidate skipped",
+                               self.k, self.seed, arm_name, label)
+                continue
+            fit = self._fit(real=real, synthetic=synthetic, augment=options["augment"], setting=options["setting"],
+                            targets=targets)
+            n_train = (len(real) if real is not None else 0) + (len(synthetic) if synthetic is not None else 0)
+            candidate = Candidate(arm_name, self.k, self.seed, label, float(fit.best_val), fit.best_step, fit.steps,
+                                  fit.still_rising, fit.real_seen, fit.synthetic_seen, n_train,
+                                  time.perf_counter() - start)
+            tried.append((candidate, fit))
+            if arm.real == 1 and not arm.synthetic:
+                self.real_models.append(fit.model)
+            logger.info("k=%d seed %d %s [%s]: validation %.4f at step %d/%d (%.0f s)", self.k, self.seed, arm_name,
+                        label, candidate.val, fit.best_step, fit.steps, candidate.seconds)
+        if not tried:
+            raise ValueError(f"every candidate of arm {arm_name} at k={self.k}, seed {self.seed} was skipped: the "
+                             "teacher filter thresholds keep no synthetic image; lower eval.downstream.syn_filter")
+        best, fit = max(tried, key=lambda pair: pair[0].val)  # first of equals: the earlier candidate
+        if arm_name == "real+aug":
+            self.chosen_augment = best.setting
+        accuracy = per_class = None
+        if self.test is not None:  # the one read of the test split for this arm and cell
+            accuracy, classes = evaluate_classifier(fit.model, self.test, device=self.device)
+            per_class = classes.tolist()
+            logger.info("k=%d seed %d %s: chose [%s], test accuracy %.4f", self.k, self.seed, arm_name, best.setting,
+                        accuracy)
+        run = RunResult(arm_name, self.k, self.seed, best.setting, best.val, accuracy, per_class, best.train_images,
+                        best.best_step, best.steps, best.still_rising, best.real_seen)
+        return run, [c for c, _ in tried]
+
+    def _synthetic_for(
+        self, setting: SyntheticSetting | None
+    ) -> tuple[LabelledImages | None, torch.Tensor | None]:
+        """The synthetic images (and soft targets) a setting trains on; (None, None) if its filter keeps none."""
+        assert self.synthetic is not None
+        if setting is None or not setting.needs_teacher:
+            return self.synthetic, None
+        probs = self.teacher_probs()  # (N, K)
+        keep = torch.ones(len(self.synthetic), dtype=torch.bool)
+        if setting.filter is not None:
+            keep = probs[torch.arange(len(probs)), self.synthetic.labels] >= setting.filter
+            if not keep.any():
+                return None, None
+        kept = self.synthetic.subset(keep)
+        return kept, (probs[keep] if setting.labels == "soft" else None)
 
 
 # ---------------------------------------------------------------- report
 
 
-def _pct(value: float) -> str:
+def _pct(value: float | None) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
-def _signed_pct(value: float) -> str:
-    return f"{100 * value:+.2f}"
+def _gain(row: dict[str, Any], base: str) -> str:
+    mean, ci = row.get(f"gain_vs_{base}"), row.get(f"gain_vs_{base}_ci95")
+    if mean is None:
+        return "—"
+    return f"{100 * mean:+.2f}" + ("" if ci is None or math.isnan(ci) else f" ± {100 * ci:.2f}")
 
 
 def markdown_table(result: DownstreamResult) -> str:
-    """The summary table in Markdown, accuracies in percent."""
+    """The summary in Markdown, accuracies in percent; gains are paired by seed, ± the 95% interval."""
     has = [b for b in BASELINES if b in result.arms]
-    header = ["arm", "train images", "test acc. mean", "std", "min", "max"] + [f"gain vs ({ARMS[b].letter})" for b in has]
+    header = ["k", "arm", "train images", "test acc. %", "std", "val. acc. %"] + [f"gain vs {b}" for b in has]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    images = {r.arm: r.train_images for r in result.runs}
-    for arm, row in zip(result.arms, result.summary()):
-        cells = [row["arm"], str(images[arm]), _pct(row["mean"]), _pct(row["std"]), _pct(row["min"]), _pct(row["max"])]
-        for base in has:
-            cells.append(
-                "—" if arm == base else f"{_signed_pct(row[f'gain_vs_{base}'])} ± {_pct(row[f'gain_vs_{base}_std'])}"
-            )
+    for row in result.summary():
+        cells = [str(row["k"]), row["arm"], str(row["train_images"]), _pct(row["mean"]), _pct(row["std"]),
+                 _pct(row["val_mean"])] + [_gain(row, b) for b in has]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def per_class_markdown(result: DownstreamResult) -> str:
-    means = result.per_class_means()
-    header = ["class"] + [f"({ARMS[a].letter}) {a}" for a in result.arms]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for k, name in enumerate(result.class_names):
-        lines.append("| " + " | ".join([name] + [_pct(float(means[a][k])) for a in result.arms]) + " |")
+def choices_markdown(result: DownstreamResult) -> str:
+    """What each arm chose on validation, per k: the setting and how many seeds chose it."""
+    lines = ["| k | arm | chosen on validation (seeds) | best step / budget (mean) | budget short in |",
+             "|---|---|---|---|---|"]
+    for k in result.ks:
+        for arm in result.arms:
+            runs = [r for r in result.runs if r.arm == arm and r.k == k]
+            counts: dict[str, int] = {}
+            for r in runs:
+                counts[r.setting] = counts.get(r.setting, 0) + 1
+            chosen = "; ".join(f"{name} ({n})" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+            steps = f"{np.mean([r.best_step for r in runs]):.0f} / {runs[0].steps}"
+            short = sum(r.still_rising for r in runs)
+            lines.append(f"| {k} | {arm} | {chosen} | {steps} | {short} of {len(runs)} seeds |")
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
-def plot_accuracy(result: DownstreamResult, path: Path) -> Path:
-    """Accuracy per arm: one dot per seed, the mean (diamond) with a ±1 std bar; synthetic arms in orange."""
+def plot_kshot(result: DownstreamResult, path: Path) -> Path:
+    """Test accuracy against k per arm (mean ± std over seeds); synthetic arms dashed."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(result.arms), 4.0))
-    for x, arm in enumerate(result.arms):
-        acc = 100 * result.accuracies(arm)
-        std = acc.std(ddof=1) if len(acc) > 1 else 0.0
-        # Points, not bars: the axis does not start at zero, and bars would exaggerate the differences.
-        colour = "#3182bd" if not ARMS[arm].synthetic else "#e6550d"
-        ax.errorbar(x, acc.mean(), yerr=std, fmt="D", color=colour, markersize=8, capsize=6)
-        ax.scatter(np.full(len(acc), x) + np.linspace(-0.15, 0.15, len(acc)), acc, color="black", s=12, zorder=3)
-    ax.set_xlim(-0.6, len(result.arms) - 0.4)
-    ax.set_xticks(range(len(result.arms)), [f"({ARMS[a].letter})\n{a}" for a in result.arms])
-    low = min(100 * result.accuracies(a).min() for a in result.arms)
-    ax.set_ylim(max(0.0, low - 5), min(100.0, 100 * max(result.accuracies(a).max() for a in result.arms) + 3))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, arm in enumerate(result.arms):
+        means = np.array([100 * result.accuracies(arm, k).mean() for k in result.ks])
+        stds = np.array([100 * _std(result.accuracies(arm, k)) for k in result.ks])
+        style = "--" if ARMS[arm].synthetic else "-"
+        ax.errorbar(result.ks, means, yerr=stds, fmt="o" + style, capsize=4, label=arm, color=f"C{i}")
+    if len(result.ks) > 1:
+        ax.set_xscale("log")
+    ax.set_xticks(result.ks, [str(k) for k in result.ks])
+    ax.minorticks_off()
+    ax.set_xlabel("real labelled images per class (k)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"downstream accuracy, {len(result.seeds)} seeds")
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: f"{v:.6f}" if isinstance(v, float) else v for c, v in row.items()})
+
+
 def write_report(result: DownstreamResult, out_dir: str | Path, *, title: str = "Downstream benchmark") -> dict[str, Path]:
-    """``runs.csv`` (one row per arm and seed), ``summary.csv``, ``per_class.csv``, ``report.md`` and
-    ``accuracy.png`` in ``out_dir``; returns their paths by name."""
+    """``runs.csv`` (one row per arm, k and seed), ``candidates.csv`` (every validation score),
+    ``summary.csv``, ``chosen.json``, ``memorisation.csv``, ``report.md`` and ``kshot.png`` in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / file for name, file in (
-        ("runs", "runs.csv"), ("summary", "summary.csv"), ("per_class", "per_class.csv"),
-        ("report", "report.md"), ("plot", "accuracy.png"),
+        ("runs", "runs.csv"), ("candidates", "candidates.csv"), ("summary", "summary.csv"),
+        ("chosen", "chosen.json"), ("memorisation", "memorisation.csv"), ("report", "report.md"),
+        ("plot", "kshot.png"),
     )}
-    _write_csv(
-        paths["runs"],
-        ["arm", "seed", "accuracy", "train_images", "seconds", *[f"acc_{n}" for n in result.class_names]],
-        [[r.arm, r.seed, f"{r.accuracy:.6f}", r.train_images, f"{r.seconds:.1f}", *[f"{a:.6f}" for a in r.per_class]]
-         for r in result.runs],
-    )
-    summary = result.summary()
-    columns = list(summary[0])
-    _write_csv(paths["summary"], columns,
-               [[f"{v:.6f}" if isinstance(v, float) else v for v in (row.get(c) for c in columns)] for row in summary])
-    means = result.per_class_means()
-    _write_csv(paths["per_class"], ["class", *result.arms],
-               [[name, *[f"{means[a][k]:.6f}" for a in result.arms]] for k, name in enumerate(result.class_names)])
-    plot_accuracy(result, paths["plot"])
+    tested = all(r.accuracy is not None for r in result.runs)
+    run_rows = []
+    for r in result.runs:
+        row = {k: v for k, v in asdict(r).items() if k != "per_class"}
+        if r.per_class is not None:
+            row |= {f"acc_{name}": a for name, a in zip(result.class_names, r.per_class)}
+        run_rows.append(row)
+    _write_csv(paths["runs"], run_rows)
+    _write_csv(paths["candidates"], [asdict(c) for c in result.candidates])
+    chosen: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in result.runs:
+        chosen.setdefault(f"k={r.k}", {}).setdefault(f"seed={r.seed}", {})[r.arm] = {"setting": r.setting, "val": r.val}
+    paths["chosen"].write_text(json.dumps(chosen, indent=2) + "\n")
+    if result.memorisation:
+        _write_csv(paths["memorisation"], [{k: v for k, v in m.items() if k != "per_class"} for m in result.memorisation])
     s = result.settings
-    recipe = s.get("recipe", {})
+    recipe = s["recipe"]
+    budget = (f"{recipe['steps']} steps, or {s['epochs']:g} passes over an arm's real images where that is more"
+              if s.get("epochs") else f"{recipe['steps']} steps")
     lines = [
         f"# {title}",
         "",
-        f"Classifier `{s.get('classifier')}` trained from scratch with one fixed recipe per arm "
-        f"({recipe.get('steps')} AdamW steps, batch {recipe.get('batch_size')}, lr {recipe.get('lr')}, cosine decay), "
-        f"seeds {result.seeds}; test accuracy on {s.get('test_images')} held-out real images. "
-        "Gains are paired by seed (mean ± std of the per-seed differences).",
+        f"Classifier `{s['classifier']}` from scratch, AdamW lr {recipe['lr']:g} with cosine decay, "
+        f"{recipe['batch_size']} real images in every batch (synthetic images on top), {budget}; the checkpoint "
+        f"with the best accuracy on {s['val_images']} held-out validation images ({s['val_per_class']} per class, "
+        "never trained on) is kept, every setting is chosen on validation, and the test split is read once per "
+        f"arm and seed. Seeds {result.seeds} each redraw the k-shot subset and the initialisation; gains are paired "
+        "by seed, ± the half-width of the 95% t-interval.",
         "",
-        f"Real training images per class: {s.get('real_per_class')}; synthetic: {s.get('synthetic_per_class')}.",
-        "",
-        markdown_table(result),
-        "![accuracy per arm](accuracy.png)",
-        "",
-        "## Per-class test accuracy (%), mean over seeds",
-        "",
-        per_class_markdown(result),
     ]
+    if tested:
+        _write_csv(paths["summary"], result.summary())
+        plot_kshot(result, paths["plot"])
+        lines += [f"Test images: {s['test_images']}.", "", markdown_table(result), "![accuracy against k](kshot.png)", ""]
+    else:
+        lines += ["Tuning only: no test split was read.", ""]
+    lines += ["## Choices made on validation", "", choices_markdown(result)]
+    if result.memorisation:
+        lines += ["## Memorisation", "",
+                  "Share of synthetic images whose nearest k-shot training image is under a third of the distance to "
+                  "the second nearest (Gu et al. 2023), in pixel space:", "",
+                  "| k | seed | synthetic | near copies | share |", "|---|---|---|---|---|"]
+        lines += [f"| {m['k']} | {m['seed']} | {m['n']} | {m['near_copies']} | {100 * m['share']:.2f} % |"
+                  for m in result.memorisation]
+        lines.append("")
+    if tested:
+        for k in result.ks:
+            means = result.per_class_means(k)
+            lines += [f"## Per-class test accuracy (%) at k={k}, mean over seeds", "",
+                      "| class | " + " | ".join(result.arms) + " |", "|" + "---|" * (len(result.arms) + 1)]
+            lines += ["| " + " | ".join([name] + [_pct(float(means[a][i])) for a in result.arms]) + " |"
+                      for i, name in enumerate(result.class_names)]
+            lines.append("")
     paths["report"].write_text("\n".join(lines))
     logger.info("downstream report written to %s", paths["report"])
     return paths
@@ -297,24 +609,23 @@ def write_report(result: DownstreamResult, out_dir: str | Path, *, title: str = 
 def log_to_wandb(
     result: DownstreamResult, paths: dict[str, Path], *, project: str, entity: str | None, mode: str, name: str
 ) -> None:
-    """The summary table, per-run table and plot as one W&B run (mode offline writes it locally)."""
+    """The summary and candidate tables and the k-shot plot as one W&B run (mode offline writes it locally)."""
     import wandb
 
     run = wandb.init(project=project, entity=entity, mode=mode, name=name, job_type="downstream",
-                     config=result.settings, reinit=True)
+                     config=result.settings)
     try:
         summary = result.summary()
         columns = list(summary[0])
+        candidates = [asdict(c) for c in result.candidates]
         run.log({
             "downstream/summary": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in summary]),
-            "downstream/runs": wandb.Table(
-                columns=["arm", "seed", "accuracy", *result.class_names],
-                data=[[r.arm, r.seed, r.accuracy, *r.per_class] for r in result.runs],
-            ),
-            "downstream/accuracy": wandb.Image(str(paths["plot"])),
+            "downstream/candidates": wandb.Table(columns=list(candidates[0]),
+                                                 data=[list(c.values()) for c in candidates]),
+            "downstream/kshot": wandb.Image(str(paths["plot"])),
         })
-        for row, arm in zip(summary, result.arms):
-            run.summary[f"downstream/{arm}/mean"] = row["mean"]
-            run.summary[f"downstream/{arm}/std"] = row["std"]
+        for row in summary:
+            run.summary[f"downstream/k{row['k']}/{row['arm']}/mean"] = row["mean"]
+            run.summary[f"downstream/k{row['k']}/{row['arm']}/std"] = row["std"]
     finally:
         run.finish()

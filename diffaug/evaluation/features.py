@@ -29,7 +29,8 @@ from torch import Tensor
 from diffaug.data import to_model_range, to_uint8
 from diffaug.evaluation.classifiers import SmallCNN, penultimate_features
 from diffaug.evaluation.data import LabelledImages
-from diffaug.evaluation.recipe import ConventionalAugment, Recipe, fit_classifier
+from diffaug.evaluation.augment import Augmenter
+from diffaug.evaluation.recipe import Recipe, fit_classifier
 from diffaug.registry import Registry
 from diffaug.sampling.atomic import atomic_write_bytes
 
@@ -154,6 +155,9 @@ def random_features(*, in_channels: int, seed: int = 0, width: int = 32, device:
     return CNNFeatures(model, identity=f"random-c{in_channels}-w{width}-s{seed}", device=device)
 
 
+_DOMAIN_RECIPE = "affine"  # part of the cache key: a changed recipe never loads an old extractor
+
+
 def domain_features(
     real_train: LabelledImages,
     *,
@@ -166,7 +170,7 @@ def domain_features(
 ) -> CNNFeatures:
     """A SmallCNN trained on ``real_train`` (conventional augmentation, fixed recipe), cached by data hash."""
     key = hashlib.sha256(
-        json.dumps([real_train.content_hash(), steps, batch_size, width, seed]).encode()
+        json.dumps([real_train.content_hash(), steps, batch_size, width, seed, _DOMAIN_RECIPE]).encode()
     ).hexdigest()[:16]
     path = Path(cache_dir) / f"domain-{key}.safetensors"
     in_channels = real_train.images.shape[1]
@@ -180,7 +184,8 @@ def domain_features(
             torch.manual_seed(seed)
             model = SmallCNN(in_channels=in_channels, num_classes=real_train.num_classes, width=width)
             fit_classifier(
-                model, real=real_train, synthetic=None, augment=ConventionalAugment(),
+                model, real=real_train, synthetic=None,
+                augment=Augmenter(_DOMAIN_RECIPE, size=real_train.images.shape[-1]),
                 recipe=Recipe(steps=steps, batch_size=batch_size), seed=seed, device=device,
             )
         # Complete files only: a crashed run never leaves half a cache entry.

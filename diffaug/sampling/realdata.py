@@ -35,6 +35,8 @@ def training_datamodule(data: Mapping[str, Any]) -> DiffusionDataModule:
         shuffle_buffer=0,
         seed=int(data.get("seed", 0)),
         per_class_limit=data.get("per_class_limit"),
+        holdout_per_class=data.get("holdout_per_class"),
+        holdout_seed=int(data.get("holdout_seed", 0)),
         class_names=data.get("class_names"),
         max_items=data.get("max_items"),
         rank=0,
