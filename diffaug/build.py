@@ -20,6 +20,7 @@ from diffaug.diffusion.losses import build_objective as _objective_for
 from diffaug.diffusion.process import GaussianProcess
 from diffaug.diffusion.process import build_process as _process_by_name
 from diffaug.nets import build_net as _net_by_name
+from diffaug.hardware import auto_num_workers
 
 if TYPE_CHECKING:
     from diffaug.training.module import DiffusionModule
@@ -49,7 +50,8 @@ def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
         resolution=d.resolution,
         channels=d.channels,
         batch_size=d.batch_size,
-        num_workers=d.num_workers,
+        num_workers=(auto_num_workers(accelerator=cfg.training.accelerator, devices=cfg.training.devices)
+                     if d.num_workers is None else d.num_workers),
         val_fraction=d.val_fraction,
         val_path=d.val_path,
         on_corrupt=d.on_corrupt,

@@ -149,7 +149,8 @@ def validate(cfg: DictConfig) -> None:
     _require(d.resolution >= 4, "data.resolution", d.resolution, "must be at least 4")
     _require(1 <= d.channels <= 4, "data.channels", d.channels, "must be 1, 3 or 4 (grey, RGB, RGBA)")
     _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be at least 1")
-    _require(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be 0 or more")
+    _require(d.num_workers is None or d.num_workers >= 0, "data.num_workers", d.num_workers,
+             "must be 0 or more (or null: chosen from the CPUs of the job)")
     _require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
     _require(d.per_class_limit is None or d.per_class_limit >= 1, "data.per_class_limit",
              d.per_class_limit, "must be at least 1 (or null for all images)")

@@ -21,7 +21,9 @@ class DataConfig:
     resolution: int = 16
     channels: int = 1
     batch_size: int = 64
-    num_workers: int = 0
+    # Loader processes; null: 0 on CPU-only runs, on GPUs the job's CPUs per process less one, at most 8
+    # (SLURM_CPUS_PER_TASK, else the CPU affinity mask; see diffaug.hardware).
+    num_workers: Optional[int] = None
     val_fraction: float = 0.05
     on_corrupt: Literal["skip", "fail"] = "skip"
     hflip: bool = False  # off by default: flipping digits, text or lateralised anatomy changes the class
@@ -69,6 +71,12 @@ class TrainingConfig:
     # EMA half-life counted in training images, so it does not depend on the batch size (Karras et al. 2022).
     ema_halflife_kimg: float = 10.0
     ema_rampup: Optional[float] = 0.05  # half-life at most this fraction of the images seen so far
+    # CUDA: float32 matmuls and convolutions on TF32 tensor cores (10-bit mantissa, several times faster);
+    # false: exact float32. CPU runs are always exact float32.
+    tf32: bool = True
+    # Deterministic algorithms only (Lightning's deterministic=True, cuDNN without autotuning): a resumed GPU
+    # run equals the uninterrupted one to the bit, at some speed. CPU runs are exact either way.
+    deterministic: bool = False
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: Any = "auto"  # int, list of ids, or "auto"
     num_nodes: int = 1

@@ -97,6 +97,9 @@ class DDPMProcess(GaussianProcess):
         self.alphas_cumprod_prev = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod[:-1]])
         # log(alpha_bar) at knots t = -1, 0, ..., N-1; alpha_bar(-1) = 1 is the clean data.
         self._log_alpha_bar = torch.cat([self.alphas_cumprod.new_zeros(1), self.alphas_cumprod.log()])
+        # The table on each device it was used on: a copy per call would be a host-to-device transfer at
+        # every training step and sampler step.
+        self._tables: dict[torch.device, Tensor] = {}
 
     def _segment(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """Knot index k and weight w with t in (k - 1, k]: interpolation between knots k and k + 1."""
@@ -105,7 +108,9 @@ class DDPMProcess(GaussianProcess):
         return k, pos - k
 
     def _log_alpha_bar_at(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        table = self._log_alpha_bar.to(t.device)
+        table = self._tables.get(t.device)
+        if table is None:
+            table = self._tables[t.device] = self._log_alpha_bar.to(t.device)
         k, w = self._segment(t)
         slope = table[k + 1] - table[k]  # d log(alpha_bar) / dt on the segment
         return table[k] + w * slope, slope

@@ -127,7 +127,11 @@ class Denoiser(nn.Module):
         alpha, sigma = (append_dims(c, x_t.ndim).to(dtype) for c in self.process.alpha_sigma(t))
         c_in = (alpha**2 + sigma**2).rsqrt()
         noise_level = self.process.noise_level(t).to(dtype)  # float32 even for bf16 inputs: 999 != 1000
-        output = self.net((c_in * x_t).to(x_t.dtype), noise_level, self._labels(class_labels, n, x_t.device))
+        # The input in the weights' dtype: float32 noise into a bf16 net (bf16-true, bf16 weights), or bf16
+        # training images into the float32 EMA. Autocast (bf16-mixed) keeps float32 weights and inputs.
+        weight = next(self.net.parameters(), None)
+        x_in = (c_in * x_t).to(x_t.dtype if weight is None else weight.dtype)
+        output = self.net(x_in, noise_level, self._labels(class_labels, n, x_t.device))
         return Predictions.from_output(self.prediction, output.to(dtype), x_t.to(dtype), alpha, sigma)
 
     def forward(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:

@@ -38,7 +38,7 @@ def drop_labels(
     """Replace each label by null_class with probability p (classifier-free guidance training)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"label dropout probability must be in [0, 1], got {p}")
-    drop = torch.rand(labels.shape, generator=generator, device=labels.device) < p
+    drop = torch.rand(labels.shape, generator=generator, device=labels.device, dtype=torch.float32) < p
     return torch.where(drop, torch.full_like(labels, null_class), labels)
 
 

@@ -152,7 +152,7 @@ class GaussianProcess(ABC):
     ) -> Tensor:
         """x_T ~ N(0, prior_std^2 I), from given standard-normal noise or drawn with generator."""
         if noise is None:
-            noise = torch.randn(shape, generator=generator, device=device)
+            noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
         elif tuple(noise.shape) != tuple(shape):
             raise ValueError(f"noise has shape {tuple(noise.shape)}, the prior sample needs {tuple(shape)}")
         return self.prior_std * noise
@@ -166,11 +166,14 @@ class GaussianProcess(ABC):
     def sample_train_t(
         self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
     ) -> Tensor:
-        """Training times (n,) float32: uniform over the integer steps (discrete) or over [t_min, t_max]."""
+        """Training times (n,) float32: uniform over the integer steps (discrete) or over [t_min, t_max].
+
+        float32 whatever the default dtype (bf16-true makes it bf16 inside the training step, where step 999
+        would round to 1000 and t in [0, 1] to 8 bits)."""
         if self.discrete:
             low, high = int(self.t_min), int(self.t_max) + 1
             return torch.randint(low, high, (n,), generator=generator, device=device).float()
-        u = torch.rand(n, generator=generator, device=device)
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float32)
         return self.t_min + (self.t_max - self.t_min) * u
 
     def t_from_log_snr(self, log_snr: Tensor) -> Tensor:

@@ -43,7 +43,8 @@ class StackedRandomGenerator:
             numel = max(1, int(torch.Size(sample_shape).numel()))
             chunk = max(1, min(_MAX_CHUNK, _CHUNK_VALUES // numel))
             shape_of_chunk = (chunk, *sample_shape)
-            draws = [torch.randn(shape_of_chunk, generator=g, device=self.device) for g in self.generators]
+            draws = [torch.randn(shape_of_chunk, generator=g, device=self.device, dtype=torch.float32)
+                     for g in self.generators]
             buffer = torch.stack(draws)  # (N, chunk, *sample_shape)
             position = 0
         self._buffers[sample_shape] = (buffer, position + 1)

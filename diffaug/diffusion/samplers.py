@@ -322,6 +322,7 @@ def sample(
         x0 = guided_x0(denoiser, x_t, t_batch, class_labels, guidance_scale, null_class)
         return x0.clamp(-1.0, 1.0) if clip_x0 else x0
 
-    logger.debug("sampling %s with %s on %d grid times from t=%.4g", shape, name, len(grid), float(grid[0]))
+    if logger.isEnabledFor(logging.DEBUG):  # reading grid[0] back waits for the device
+        logger.debug("sampling %s with %s on %d grid times from t=%.4g", shape, name, len(grid), float(grid[0]))
     with torch.no_grad():
         return fn(denoise, process, grid, x, rng, **options)

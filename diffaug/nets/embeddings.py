@@ -20,8 +20,10 @@ def sinusoidal_embedding(noise_level: Tensor, dim: int, max_period: float = 10_0
     if dim % 2:
         raise ValueError(f"sinusoidal embedding dim must be even, got {dim}")
     half = dim // 2
-    # float32 even under autocast: v * w at v ~ 1000 loses the fast frequencies entirely in bf16/fp16.
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=noise_level.device) / half)  # (D/2,)
+    # float32 even under autocast or a bf16 default dtype (bf16-true): v * w at v ~ 1000 loses the fast
+    # frequencies entirely in bf16/fp16.
+    steps = torch.arange(half, dtype=torch.float32, device=noise_level.device)
+    freqs = torch.exp(-math.log(max_period) * steps / half)  # (D/2,)
     args = noise_level.float()[:, None] * freqs[None, :]  # (N, D/2)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)  # (N, D)
 

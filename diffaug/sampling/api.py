@@ -27,7 +27,7 @@ from diffaug.sampling.atomic import atomic_write_bytes
 from diffaug.sampling.curation import ClassifierFilter, NearDuplicateFilter, load_torchscript
 from diffaug.sampling.export import run_export
 from diffaug.sampling.finalize import ExportSummary
-from diffaug.sampling.generate import generate_images, resolve_device
+from diffaug.sampling.generate import effective_precision, generate_images, resolve_device
 from diffaug.sampling.names import sanitize_class_names
 from diffaug.sampling.plan import ExportPlan, build_items, resolve_guidance
 from diffaug.sampling.quotas import check_quota_mode, compute_quotas
@@ -335,8 +335,9 @@ def export_augmentation_set(
             image_shape=_image_shape(cfg),
             checkpoint_sha256=model.checkpoint_sha256,
             sampler_args=sampler_options(cfg),
-            precision=s.precision,
+            precision=effective_precision(model.device, s.precision),
             microbatch=int(s.microbatch),
+            device_type=model.device.type,
             formats=tuple(e.formats),
             shard_size=int(e.shard_size),
             strength=float(e.strength) if sources is not None else None,

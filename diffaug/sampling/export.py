@@ -70,11 +70,26 @@ def _load_sources(paths: Sequence[str], transform: Callable[[Image.Image], Tenso
     return torch.stack(images)  # (N, C, H, W)
 
 
+def _device_mismatch(out_dir: Path, made_on: str | None, plan: ExportPlan) -> ConfigError | None:
+    if made_on is None or made_on == plan.device_type:
+        return None
+    return ConfigError(
+        f"{out_dir} holds an export sampled on {made_on}; this process samples on {plan.device_type}. Devices "
+        "of different types draw different random numbers from the same seeds and round differently, so the "
+        f"parts would not make one reproducible set: run every part on {made_on} (sampling.device), or "
+        "choose another export.out_dir"
+    )
+
+
 def _check_or_write_plan(out_dir: Path, plan: ExportPlan, info: Mapping[str, Any], tag: str) -> None:
     """Refuse to mix two different sets in one folder; record the plan for resuming and finalising."""
     card = out_dir / CARD_JSON
     if card.exists():
-        existing = json.loads(card.read_text())["config_hash"]
+        finished = json.loads(card.read_text())
+        existing = finished["config_hash"]
+        mismatch = _device_mismatch(out_dir, finished.get("sampling", {}).get("device_type"), plan)
+        if existing != plan.config_hash and mismatch is not None:
+            raise mismatch
         if existing != plan.config_hash:
             raise ConfigError(
                 f"{out_dir} already holds a finished export made with other settings (config hash "
@@ -84,6 +99,9 @@ def _check_or_write_plan(out_dir: Path, plan: ExportPlan, info: Mapping[str, Any
     path = out_dir / WORK_DIR / "plan.json"
     if path.exists():
         saved = json.loads(path.read_text())["plan"]
+        mismatch = _device_mismatch(out_dir, saved.get("device_type"), plan)
+        if mismatch is not None:
+            raise mismatch
         if saved != plan.to_dict():
             changed = sorted(
                 k for k in set(saved) | set(plan.to_dict()) if saved.get(k) != plan.to_dict().get(k)
@@ -135,6 +153,8 @@ def run_export(
         raise ValueError("an image-conditioned plan needs source_transform to load its source images")
     partition = partition or Partition(0, 1)
     device = torch.device(device)
+    if device.type != plan.device_type:
+        raise ValueError(f"the plan is for sampling on {plan.device_type}, run_export was given {device}")
     out_dir = Path(out_dir)
     work_dir = out_dir / WORK_DIR
     tag = partition.tag

@@ -344,6 +344,7 @@ def _dataset_card(
             "steps": plan.steps,
             "seed": plan.seed,
             "precision": plan.precision,
+            "device_type": plan.device_type,
             "sampler_args": plan.sampler_args,
             "guidance_scale": info.get("guidance_scale", plan.guidance[0] if plan.guidance else 1.0),
             "class_guidance": info.get("class_guidance", {}),

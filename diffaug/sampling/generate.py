@@ -42,18 +42,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA; on CPU always fp32 (CPU bf16 convolutions are many times slower)."""
+def effective_precision(device: torch.device, precision: str) -> str:
+    """The precision sampling on ``device`` runs in: ``precision`` on CUDA, "32" elsewhere."""
     if precision not in PRECISIONS:
         raise ConfigError(
             f"invalid value for config key 'sampling.precision': {precision!r}; "
             f"choose one of {', '.join(PRECISIONS)}"
         )
-    dtype = PRECISIONS[precision]
+    return precision if device.type == "cuda" else "32"
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA; on CPU always fp32 (CPU bf16 convolutions are many times slower)."""
+    dtype = PRECISIONS[effective_precision(device, precision)]
     if dtype is None:
-        return contextlib.nullcontext()
-    if device.type != "cuda":
-        log.warning("sampling.precision=%s applies on CUDA only; sampling on %s in fp32", precision, device)
+        if precision != "32":
+            log.warning("sampling.precision=%s applies on CUDA only; sampling on %s in fp32", precision, device)
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=dtype)
 

@@ -91,8 +91,10 @@ def items_of_part(items: Sequence[WorkItem], rank: int, world_size: int) -> list
 class ExportPlan:
     """Every setting that determines the exported files; equal plans give byte-equal sets.
 
-    Batch size, device, number of processes and output folder are not part of it: they cannot change
-    the result.
+    Batch size, number of processes and output folder are not part of it: they cannot change the result.
+    The device type is: CPUs and GPUs draw different random numbers from the same seed and round
+    differently, so parts made on different device types would not make the set one command makes.
+    ``precision`` is the one sampling ran in (fp32 on a CPU whatever sampling.precision asks for).
     """
 
     class_names: tuple[str, ...]
@@ -107,6 +109,7 @@ class ExportPlan:
     sampler_args: dict[str, Any] = field(default_factory=dict)
     precision: str = "32"
     microbatch: int = 32  # rows per network call: fixes the numerics, see FixedShapeDenoiser
+    device_type: str = "cpu"  # "cpu", "cuda", "mps": where the images were sampled
     formats: tuple[str, ...] = ("folder",)
     shard_size: int = 1000
     strength: float | None = None  # SDEdit strength (image-conditioned mode)

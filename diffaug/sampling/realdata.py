@@ -27,7 +27,7 @@ def training_datamodule(data: Mapping[str, Any]) -> DiffusionDataModule:
         resolution=int(data["resolution"]),
         channels=int(data["channels"]),
         batch_size=1,
-        num_workers=int(data.get("num_workers", 0)),
+        num_workers=int(data.get("num_workers") or 0),  # one pass to count or compare: no workers
         val_fraction=float(data.get("val_fraction", 0.0)),
         val_path=data.get("val_path"),
         on_corrupt=data.get("on_corrupt", "skip"),

@@ -163,6 +163,11 @@ class ResumableDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def _pin_memory(self) -> bool:
+        # Page-locked batches copy to a GPU asynchronously; pointless (and extra memory) on a CPU run.
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def train_dataloader(self) -> Any:
         self.inner.setup("fit")
         dataset = self.inner.train_set
@@ -172,7 +177,7 @@ class ResumableDataModule(pl.LightningDataModule):
         sampler = ResumableBatchSampler(len(dataset), batch_size=self.inner.batch_size, seed=self.seed,
                                         rank=rank, world_size=world_size)
         return ResumableLoader(dataset, batch_sampler=sampler, num_workers=self.inner.num_workers,
-                               pin_memory=torch.cuda.is_available())
+                               pin_memory=self._pin_memory())
 
     def val_dataloader(self) -> Any:
         self.inner.setup("validate")
@@ -182,5 +187,5 @@ class ResumableDataModule(pl.LightningDataModule):
             return self.inner.val_dataloader()
         # Each rank evaluates its own strided share; Lightning averages the logged means across ranks.
         share = Subset(dataset, range(rank, len(dataset), world_size))
-        return DataLoader(share, batch_size=self.inner.batch_size, shuffle=False,
+        return DataLoader(share, batch_size=self.inner.batch_size, shuffle=False, pin_memory=self._pin_memory(),
                           num_workers=self.inner.num_workers, persistent_workers=self.inner.num_workers > 0)

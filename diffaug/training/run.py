@@ -31,6 +31,7 @@ from diffaug.build import build_datamodule, build_module, conditional_num_classe
 from diffaug.checkpoint import save_weights
 from diffaug.cluster.requeue import JobRequeued, slurm_training_extras
 from diffaug.config import ConfigError, config_hash, save_config, to_dict
+from diffaug.hardware import cuda_math, uses_cuda
 from diffaug.training.callbacks import SampleGrid, StepProgressBar, Throughput
 from diffaug.training.data import DataPositionCallback, ResumableDataModule
 from diffaug.training.module import NonFiniteLossError
@@ -191,6 +192,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, callbacks: list[Callback], 
         limit_val_batches=None if has_val else 0,
         num_sanity_val_steps=0,
         callbacks=callbacks,
+        # Deterministic algorithms on request; else cuDNN autotunes (fixed shapes: a one-off cost). Both set
+        # process-wide by Lightning, and put back after the fit by cuda_math.
+        deterministic=bool(t.deterministic),
+        benchmark=not t.deterministic and uses_cuda(t.accelerator),
         logger=loggers or False,
         enable_progress_bar=cfg.logging.progress_bar,
         enable_model_summary=False,
@@ -248,13 +253,14 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
                                           with_logger=bool(loggers))
     # Under srun: SLURM ranks, and on SIGUSR1 a checkpoint + requeue (the requeued job resumes from it).
     plugins, slurm_callbacks = slurm_training_extras(requeue=cfg.cluster.requeue, run_dir=run_dir)
-    trainer = build_trainer(cfg, run_dir, callbacks=[*own_callbacks, *slurm_callbacks, *callbacks],
-                            loggers=loggers, has_val=has_val, plugins=plugins)
+    math = cuda_math(enabled=uses_cuda(t.accelerator), tf32=bool(t.tf32), deterministic=bool(t.deterministic))
     if resume_path is not None:
         logger.info("resuming from %s", resume_path)
     succeeded = False
     try:
-        with warnings.catch_warnings():
+        with math, warnings.catch_warnings():
+            trainer = build_trainer(cfg, run_dir, callbacks=[*own_callbacks, *slurm_callbacks, *callbacks],
+                                    loggers=loggers, has_val=has_val, plugins=plugins)
             if resume_path is not None:  # a resumed run's checkpoint folder is not empty, by design
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             trainer.fit(module, datamodule=ResumableDataModule(inner, seed=t.seed), ckpt_path=resume_path,
