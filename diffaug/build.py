@@ -61,6 +61,7 @@ def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
         per_class_limit=d.per_class_limit,
         holdout_per_class=d.holdout_per_class,
         holdout_seed=d.holdout_seed,
+        unlabelled=d.unlabelled,
         class_names=None if d.class_names is None else list(d.class_names),
         max_items=d.max_items,
     )

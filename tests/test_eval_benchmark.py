@@ -288,3 +288,17 @@ def test_command_refuses_a_set_from_a_model_trained_on_other_images(cell_exports
     assert status == 2 and "data.seed=0 (the cell needs 1)" in err and "{k} and {seed}" in err
     status = eval_main(["downstream", *[c for c in COMMON if "holdout" not in c], "--out", str(tmp_path / "r")])
     assert status == 2 and "data.holdout_per_class" in capsys.readouterr().err
+
+
+def test_cells_in_parallel_processes_give_the_same_results(pool):
+    test = load_real(source="sklearn_digits", path=None, split="test", resolution=8, channels=1)
+    spec = _spec(seeds=[0, 1], recipe=Recipe(steps=20, batch_size=16, eval_every=10), augment=["crop"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' setting: the same kernels, so the same bits
+    try:
+        serial = ds.run_downstream(pool=pool, test=test, synthetic=None, spec=spec, device="cpu")
+    finally:
+        torch.set_num_threads(before)
+    parallel = ds.run_downstream(pool=pool, test=test, synthetic=None, spec=spec, device="cpu", workers=2)
+    assert [(r.arm, r.seed, r.val, r.accuracy) for r in parallel.runs] == [(r.arm, r.seed, r.val, r.accuracy)
+                                                                          for r in serial.runs]

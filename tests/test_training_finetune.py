@@ -83,3 +83,22 @@ def test_lora_finetune_trains_adapters_and_exports_merged_weights(source):
     with torch.no_grad():
         merged, adapted = from_weights(x_t, t, labels), from_ckpt(x_t, t, labels)
     torch.testing.assert_close(merged, adapted, rtol=1e-5, atol=1e-5)
+
+
+def test_unlabelled_pretraining_then_kshot_finetuning_starts_from_the_unconditional_model(tmp_path):
+    """data.unlabelled trains an unconditional model; fine-tuned on labelled classes, the new class rows are zero,
+    so before any step the conditional model predicts exactly what the unconditional one did, for every class."""
+    folder = make_id_folder(tmp_path / "pool", ["cat", "dog", "emu"], per_class=8)
+    pool = train(tiny_config(tmp_path / "pool-run", "data.source=folder", f"data.path={folder}", "data.unlabelled=true",
+                             "training.max_steps=2", "training.checkpoint_every_n_steps=2"))
+    pretrained = build_module(tiny_config(tmp_path / "p", "data.source=folder", f"data.path={folder}",
+                                          "data.unlabelled=true"), None, ["all"])
+    pretrained.denoiser.load_state_dict(state_of(pool.last_checkpoint, "ema.module."))
+    assert not any(k.endswith("classes.table.weight") for k in pretrained.denoiser.state_dict())  # unconditional
+    module = build_module(_finetune_config(tmp_path, folder, pool.last_checkpoint), 3, ["cat", "dog", "emu"])
+    assert torch.equal(module.denoiser.state_dict()[TABLE], torch.zeros(4, module.denoiser.state_dict()[TABLE].shape[1]))
+    x, t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((4,), 300)
+    with torch.no_grad():
+        expected = pretrained.denoiser.eval()(x, t, None)
+        got = module.denoiser.eval()(x, t, torch.tensor([0, 1, 2, 3]))  # three classes and the null class
+    assert torch.allclose(got, expected, atol=1e-6)

@@ -33,6 +33,9 @@ class DataConfig:
     # downstream benchmark's validation split, so that no model it compares ever trained on them.
     holdout_per_class: Optional[int] = None
     holdout_seed: int = 0
+    # Ignore the labels: one class, an unconditional model. Pretrain on a large unlabelled pool, then fine-tune
+    # class-conditionally on the k labelled images (training.init_from): the class rows start at zero.
+    unlabelled: bool = False
     class_names: Optional[list[str]] = None
     max_items: Optional[int] = None
     seed: int = 0
@@ -68,15 +71,15 @@ class TrainingConfig:
     accumulate_grad_batches: int = 1
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
     compile: bool = False
-    # EMA half-life counted in training images, so it does not depend on the batch size (Karras et al. 2022).
-    ema_halflife_kimg: float = 10.0
-    ema_rampup: Optional[float] = 0.05  # half-life at most this fraction of the images seen so far
     # CUDA: float32 matmuls and convolutions on TF32 tensor cores (10-bit mantissa, several times faster);
     # false: exact float32. CPU runs are always exact float32.
     tf32: bool = True
     # Deterministic algorithms only (Lightning's deterministic=True, cuDNN without autotuning): a resumed GPU
     # run equals the uninterrupted one to the bit, at some speed. CPU runs are exact either way.
     deterministic: bool = False
+    # EMA half-life counted in training images, so it does not depend on the batch size (Karras et al. 2022).
+    ema_halflife_kimg: float = 10.0
+    ema_rampup: Optional[float] = 0.05  # half-life at most this fraction of the images seen so far
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: Any = "auto"  # int, list of ids, or "auto"
     num_nodes: int = 1
@@ -194,6 +197,7 @@ class DownstreamConfig:
     test_split: Literal["train", "test"] = "test"
     test_max_items: Optional[int] = None  # None: the whole test split
     device: str = "auto"
+    workers: int = 1  # cells trained in parallel, one process of one CPU thread each
 
 
 @dataclass

@@ -56,16 +56,19 @@ class SourceView(Dataset):
         *,
         transform: ImageTransform,
         corruption: CorruptionLog,
+        unlabelled: bool = False,
     ):
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
         self.corruption = corruption
-        self._labels = source.targets[self.indices]  # (len(view),)
+        self.unlabelled = unlabelled
+        # Unlabelled: every item is class 0 of the single-class map, and no label is read at all.
+        self._labels = np.zeros(len(self.indices), np.int64) if unlabelled else source.targets[self.indices]
 
     @property
     def class_map(self) -> ClassMap:
-        return self.source.class_map
+        return ClassMap.unlabelled() if self.unlabelled else self.source.class_map
 
     @property
     def targets(self) -> np.ndarray:

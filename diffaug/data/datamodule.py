@@ -57,6 +57,7 @@ class DiffusionDataModule(pl.LightningDataModule):
         per_class_limit: int | None = None,
         holdout_per_class: int | None = None,
         holdout_seed: int = 0,
+        unlabelled: bool = False,
         class_names: Sequence[str] | None = None,
         max_items: int | None = None,
         rank: int | None = None,
@@ -80,7 +81,12 @@ class DiffusionDataModule(pl.LightningDataModule):
         _check_optional_positive("per_class_limit", per_class_limit)
         _check_optional_positive("holdout_per_class", holdout_per_class)
         _check_optional_positive("max_items", max_items)
+        if unlabelled and per_class_limit is not None:
+            raise ValueError("unlabelled data has no classes to take per_class_limit images of; drop one of the two")
         if source == "shards":
+            if unlabelled:
+                raise ValueError("unlabelled=True needs a map-style source (folder, idx, sklearn_digits); shards "
+                                 "carry their own labels: write them with a single class instead")
             if path is None:
                 raise ValueError("source='shards' needs path: a shard directory, pattern or pipe: command")
             if per_class_limit is not None or holdout_per_class is not None:
@@ -110,6 +116,7 @@ class DiffusionDataModule(pl.LightningDataModule):
         self.per_class_limit = per_class_limit
         self.holdout_per_class = holdout_per_class
         self.holdout_seed = holdout_seed
+        self.unlabelled = unlabelled
         self.class_names = None if class_names is None else tuple(class_names)
         self.max_items = max_items
         self.rank = rank
@@ -132,7 +139,7 @@ class DiffusionDataModule(pl.LightningDataModule):
 
     @property
     def class_map(self) -> ClassMap:
-        return self._get_source().class_map
+        return ClassMap.unlabelled() if self.unlabelled else self._get_source().class_map
 
     @property
     def num_classes(self) -> int:
@@ -205,11 +212,13 @@ class DiffusionDataModule(pl.LightningDataModule):
                 "no full batch exists; lower batch_size (or raise per_class_limit / max_items)"
             )
         self.train_set = SourceView(
-            source, train_idx, transform=self._transform(train=True), corruption=self.corruption
+            source, train_idx, transform=self._transform(train=True), corruption=self.corruption,
+            unlabelled=self.unlabelled,
         )
         if len(val_idx):
             self.val_set = SourceView(
-                source, val_idx, transform=self._transform(train=False), corruption=self.corruption
+                source, val_idx, transform=self._transform(train=False), corruption=self.corruption,
+                unlabelled=self.unlabelled,
             )
         logger.info("%s data: %d training and %d validation items", self.source, len(train_idx), len(val_idx))
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from diffaug.config import ConfigError, load_config
 from diffaug.evaluation.configured import build_extractor, real_split, resolve_device
-from diffaug.evaluation.data import LabelledImages, load_export
+from diffaug.evaluation.data import load_export
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +32,10 @@ def _out_dir(cfg: DictConfig, given: str | None, leaf: str) -> Path:
 
 
 def _synthetic_source(cfg: DictConfig, args: argparse.Namespace, *, holdout: tuple[int, int]):
-    """(k, seed) -> that cell's augmentation set, refusing a set whose model trained on other real images."""
-    from diffaug.evaluation.data import check_export_training_data
+    from diffaug.evaluation.downstream import ExportPattern
 
     pattern = str(args.export or cfg.eval.downstream.synthetic or _export_dir(cfg, None))
-
-    def load(k: int, seed: int) -> LabelledImages:
-        path = Path(pattern.format(k=k, seed=seed))
-        check_export_training_data(path, source=str(cfg.data.source), k=k, seed=seed, holdout=holdout)
-        return load_export(path, resolution=int(cfg.data.resolution), channels=int(cfg.data.channels))
-
-    return load
+    return ExportPattern(pattern, str(cfg.data.source), int(cfg.data.resolution), int(cfg.data.channels), holdout)
 
 
 def _downstream_spec(cfg: DictConfig):
@@ -80,7 +73,8 @@ def _downstream(cfg: DictConfig, args: argparse.Namespace, *, tune_only: bool = 
     synthetic = (_synthetic_source(cfg, args, holdout=holdout)
                  if any(ARMS[a].synthetic for a in spec.arms) else None)
     test = None if tune_only else real_split(cfg, split=s.test_split, max_items=s.test_max_items)
-    result = run_downstream(pool=pool, test=test, synthetic=synthetic, spec=spec, device=resolve_device(s.device))
+    result = run_downstream(pool=pool, test=test, synthetic=synthetic, spec=spec, device=resolve_device(s.device),
+                            workers=int(s.workers))
     leaf = "tune" if tune_only else "downstream"
     paths = write_report(result, _out_dir(cfg, args.out, leaf), title=f"Downstream benchmark: {cfg.name}")
     if cfg.logging.logger == "wandb" and not tune_only:
@@ -194,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``diffaug eval``; returns the exit status (2 for a config error)."""
     args = build_parser().parse_args(argv)
+    # Progress of long evaluations (each benchmark candidate, feature extraction) goes to the log.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     files = [item for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item]
     try:

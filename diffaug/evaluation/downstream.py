@@ -299,39 +299,84 @@ def run_downstream(
     synthetic: SyntheticSource | None,
     spec: BenchmarkSpec,
     device: str | torch.device = "cpu",
+    workers: int = 1,
 ) -> DownstreamResult:
-    """Every arm of every (k, seed) cell; ``test=None`` tunes on validation only and never reads a test split."""
+    """Every arm of every (k, seed) cell; ``test=None`` tunes on validation only and never reads a test split.
+
+    ``workers`` > 1 runs cells in that many processes of one CPU thread each (``synthetic`` must then be
+    picklable, e.g. :class:`ExportPattern`); a cell's result does not depend on where it ran.
+    """
     if test is not None and test.class_map != pool.train.class_map:
         raise ValueError(f"test classes {test.class_map.names} differ from training classes {pool.train.class_map.names}")
     if any(ARMS[a].synthetic for a in spec.arms) and synthetic is None:
         needs = [a for a in spec.arms if ARMS[a].synthetic]
         raise ValueError(f"arms {needs} need a synthetic set (eval.downstream.synthetic); drop them or give one")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     device = torch.device(device)
-    val = pool.validation()
-    runs: list[RunResult] = []
-    candidates: list[Candidate] = []
-    memorisation: list[dict[str, Any]] = []
-    for k in spec.ks:
-        for seed in spec.seeds:
-            cell = _Cell(pool, k, seed, val, test, spec, device)
-            if synthetic is not None and any(ARMS[a].synthetic for a in spec.arms):
-                cell.synthetic = synthetic(k, seed).aligned_to(pool.train.class_map)
-                _check_synthetic(cell.synthetic, cell.real(1))
-                from diffaug.evaluation.memorisation import memorisation_report
+    jobs = [(pool, k, seed, test, synthetic, spec, device) for k in spec.ks for seed in spec.seeds]
+    if workers == 1:
+        outcomes = [_run_cell(*job) for job in jobs]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-                memorisation.append({"k": k, "seed": seed, **memorisation_report(cell.synthetic, cell.real(1))})
-            for arm in spec.arms:
-                run, tried = cell.run_arm(arm)
-                runs.append(run)
-                candidates.extend(tried)
+        # spawn: a forked child of a process that already ran torch's thread pools can deadlock.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as executor:
+            outcomes = list(executor.map(_run_cell, *zip(*jobs)))
+    runs = [r for outcome in outcomes for r in outcome[0]]
+    candidates = [c for outcome in outcomes for c in outcome[1]]
+    memorisation = [outcome[2] for outcome in outcomes if outcome[2] is not None]
     settings = {
         "classifier": spec.classifier, "classifier_args": dict(spec.classifier_args), "recipe": asdict(spec.recipe),
         "epochs": spec.epochs, "augment": list(spec.augment), "hflip": spec.hflip,
-        "synthetic": [asdict(s) for s in spec.synthetic], "val_images": len(val),
+        "synthetic": [asdict(s) for s in spec.synthetic], "val_images": pool.holdout_per_class * pool.train.num_classes,
         "val_per_class": pool.holdout_per_class, "test_images": None if test is None else len(test),
     }
     return DownstreamResult(tuple(pool.train.class_map.names), spec.arms, list(spec.ks), list(spec.seeds), runs,
                             candidates, settings, memorisation)
+
+
+def _run_cell(
+    pool: Pool, k: int, seed: int, test: LabelledImages | None, synthetic: SyntheticSource | None,
+    spec: BenchmarkSpec, device: torch.device,
+) -> tuple[list[RunResult], list[Candidate], dict[str, Any] | None]:
+    if not logging.getLogger().handlers:  # a spawned worker: keep the progress lines
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cell = _Cell(pool, k, seed, pool.validation(), test, spec, device)
+    memorisation = None
+    if synthetic is not None and any(ARMS[a].synthetic for a in spec.arms):
+        cell.synthetic = synthetic(k, seed).aligned_to(pool.train.class_map)
+        _check_synthetic(cell.synthetic, cell.real(1))
+        from diffaug.evaluation.memorisation import memorisation_report
+
+        memorisation = {"k": k, "seed": seed, **memorisation_report(cell.synthetic, cell.real(1))}
+    runs, candidates = [], []
+    for arm in spec.arms:
+        run, tried = cell.run_arm(arm)
+        runs.append(run)
+        candidates.extend(tried)
+    return runs, candidates, memorisation
+
+
+@dataclass(frozen=True)
+class ExportPattern:
+    """(k, seed) -> the augmentation set at ``pattern`` with {k} and {seed} filled in, refused when its model
+    trained on other real images than the cell's (see ``check_export_training_data``). Picklable."""
+
+    pattern: str
+    source: str
+    resolution: int
+    channels: int
+    holdout: tuple[int, int]
+
+    def __call__(self, k: int, seed: int) -> LabelledImages:
+        from diffaug.evaluation.data import check_export_training_data, load_export
+
+        path = Path(self.pattern.format(k=k, seed=seed))
+        check_export_training_data(path, source=self.source, k=k, seed=seed, holdout=self.holdout)
+        return load_export(path, resolution=self.resolution, channels=self.channels)
 
 
 def _check_synthetic(synthetic: LabelledImages, real: LabelledImages) -> None:

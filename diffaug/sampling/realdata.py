@@ -37,6 +37,7 @@ def training_datamodule(data: Mapping[str, Any]) -> DiffusionDataModule:
         per_class_limit=data.get("per_class_limit"),
         holdout_per_class=data.get("holdout_per_class"),
         holdout_seed=int(data.get("holdout_seed", 0)),
+        unlabelled=bool(data.get("unlabelled", False)),
         class_names=data.get("class_names"),
         max_items=data.get("max_items"),
         rank=0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from diffaug.checkpoint import load_state_strictly, read_weights
@@ -60,7 +61,10 @@ def load_pretrained(denoiser: Denoiser, path: str, class_names: Sequence[str]) -
         if key in state and key in own:
             state[key], report = remap_class_table(state[key], own[key], old_map.names, list(class_names))
         elif key in own:  # unconditional source -> conditional model: all rows new
-            state[key] = own[key]
+            # Zero rows: the class embedding is added to the noise-level embedding, so the new model starts
+            # as exactly the pretrained unconditional one for every class (and the null class), and
+            # fine-tuning only has to learn how classes differ (the unlabelled-pool -> k-shot path).
+            state[key] = torch.zeros_like(own[key])
             report = {"kept": [], "initialised": list(class_names), "dropped": []}
         else:  # conditional source -> unconditional model
             del state[key]
