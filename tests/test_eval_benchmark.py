@@ -89,8 +89,8 @@ def test_recipes_parse_and_unknown_operations_list_the_valid_ones():
 
 def test_augmenter_is_reproducible_per_generator_and_changes_pixels(digits):
     images, targets = digits.images[:16], one_hot(digits.labels[:16], 10)
-    for recipe in ("crop", "trivial+crop", "crop+erase", "randaug", "affine"):
-        aug = Augmenter(recipe, size=8)
+    for recipe in ("crop", "trivial+crop", "crop+erase", "randaug", "affine", "flip"):
+        aug = Augmenter(recipe, size=8, hflip=True)
         a = aug(images, targets, torch.Generator().manual_seed(1))
         b = aug(images, targets, torch.Generator().manual_seed(1))
         c = aug(images, targets, torch.Generator().manual_seed(2))
@@ -99,6 +99,29 @@ def test_augmenter_is_reproducible_per_generator_and_changes_pixels(digits):
         assert torch.equal(a.y, targets)  # image operations keep the labels
     plain = Augmenter("none", size=8)(images, targets, torch.Generator())
     assert torch.equal(plain.x, images.float() / 127.5 - 1)
+
+
+def test_batched_crop_flip_erase_are_per_image_and_what_they_say():
+    x = torch.arange(20 * 64, dtype=torch.float32).reshape(20, 1, 8, 8) / 1280 * 2 - 1  # every pixel distinct
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        from diffaug.evaluation.augment import _erase, _flip, _pad_crop
+
+        crop, flip, erase = _pad_crop(x), _flip(x), _erase(x)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")  # a pad of 8 / 8 = 1 px
+    offsets = set()
+    for i in range(20):  # each crop is one window of its own padded image
+        found = [(dy, dx) for dy in range(3) for dx in range(3) if torch.equal(crop[i], padded[i, :, dy:dy + 8, dx:dx + 8])]
+        assert len(found) == 1
+        offsets.add(found[0])
+        assert torch.equal(flip[i], x[i]) or torch.equal(flip[i], x[i].flip(-1))
+        changed = erase[i] != x[i]
+        if changed.any():  # one axis-aligned rectangle, set to 0
+            ys, xs = torch.nonzero(changed[0], as_tuple=True)
+            box = changed[0, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+            assert box.all() and (erase[i][changed] == 0).all()
+    assert len(offsets) >= 5  # drawn per image, not once per batch
+    assert 3 <= sum(not torch.equal(flip[i], x[i]) for i in range(20)) <= 17
 
 
 @pytest.mark.parametrize("mixer", ["mixup", "cutmix"])
