@@ -34,14 +34,9 @@ NUM_BUCKETS = 4
 _TRAIN_STREAM, _DROPOUT_STREAM, _VAL_STREAM = 0, 1, 2
 
 
-def uses_mixed_precision_plugin(trainer: pl.Trainer | None) -> bool:
-    """Whether the trainer's precision plugin is Lightning's autocast one, which refuses to clip for an
-    optimizer that unscales itself, or FSDP's, which would clip such an optimizer's still-scaled gradients."""
-    if trainer is None:
-        return False
-    from lightning.pytorch.plugins.precision import FSDPPrecision, MixedPrecision
-
-    return isinstance(trainer.precision_plugin, (MixedPrecision, FSDPPrecision))
+def scales_gradients(trainer: pl.Trainer | None) -> bool:
+    """Whether the trainer's precision plugin multiplies the loss by a gradient scale (16-mixed on a GPU)."""
+    return trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -218,27 +213,48 @@ class DiffusionModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimizer
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self, *, scaled_gradients: bool | None = None) -> dict[str, Any]:
+        """AdamW and the learning-rate schedule; ``scaled_gradients`` (default: whether the trainer uses a
+        gradient scaler) picks the AdamW implementation, see ``_adamw``."""
         params = [p for p in self.denoiser.parameters() if p.requires_grad]
         if not params:
             raise ValueError("no trainable parameters: training.freeze covers the whole network")
-        optimizer = self._adamw(params)
+        if scaled_gradients is None:
+            scaled_gradients = scales_gradients(self._trainer)
+        optimizer = self._adamw(params, fused=not scaled_gradients)
         scheduler = build_lr_scheduler(optimizer, **self.schedule_settings)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
-    def _adamw(self, params: list[Tensor]) -> torch.optim.AdamW:
+    def _adamw(self, params: list[Tensor], *, fused: bool) -> torch.optim.AdamW:
         # torch's fused AdamW updates every parameter in one kernel (CUDA, and CPU since torch 2.4): 3-4x
-        # faster steps than the default foreach implementation on a CPU (see benchmarks/). Lightning's
-        # mixed-precision plugin (bf16-mixed, 16-mixed, and 16-mixed turned into bf16 on a CPU) refuses
-        # gradient clipping with any optimizer that unscales gradients itself, fused AdamW included
-        # (Lightning #21435): there, the foreach implementation, which clips.
-        if not uses_mixed_precision_plugin(self._trainer):
+        # faster steps than the foreach implementation on a CPU (see benchmarks/). Not when a gradient scaler
+        # is in use (16-mixed on a GPU): fused AdamW unscales inside its step, after clipping would have
+        # clipped the still-scaled gradients, and Lightning refuses that combination (Lightning #21435).
+        if fused:
             try:
                 return torch.optim.AdamW(params, fused=True, **self.optimizer_settings)
             except (RuntimeError, TypeError):  # an older torch, or a device or dtype without the kernel
                 pass
         return torch.optim.AdamW(params, foreach=True, **self.optimizer_settings)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # Lightning's autocast plugin refuses to clip for an optimizer that unscales itself (fused AdamW) even
+        # without a gradient scaler, as under bf16-mixed, where the gradients are the true ones (Lightning
+        # #21435): clip them here, as its plugin would.
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        plugin = self.trainer.precision_plugin
+        if (gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None
+                and optimizer.defaults.get("fused")):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ checkpoints
 
