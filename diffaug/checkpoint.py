@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
@@ -48,28 +51,58 @@ def checkpoint_metadata(config: dict, class_names: list[str] | tuple[str, ...]) 
 # ---------------------------------------------------------------- reading
 
 
-def _torch_load(path: Path, map_location: Any) -> dict:
+def _reason(error: BaseException) -> str:
+    """The first sentence of an error, for a one-line message."""
+    text = str(error).strip().splitlines()[0].split(". ", 1)[0].rstrip(".") if str(error).strip() else ""
+    name = type(error).__name__
+    return text if len(text) > 20 else f"{name}: {text}" if text else name  # "KeyError: 101", "EOFError"
+
+
+def _torch_load(path: Path, map_location: Any, *, mmap: bool = False) -> dict:
+    mmap = mmap and zipfile.is_zipfile(path)  # torch maps only its zip format; others are read (and refused)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a foreign pickle protocol, before the refusal
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[0]
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(\. |\n|$)", str(error))
+        what = found.group(1).strip() if found else _reason(error)
         raise CheckpointError(
             f"refusing to load {path}: it holds Python objects other than tensors and plain data, which "
-            f"could run code when unpickled (torch.load(weights_only=True) said: {reason}). "
-            "diffaug checkpoints never contain such objects; only load files from a source you trust"
+            f"could run code when unpickled ({what}). diffaug checkpoints never contain such objects; "
+            "only load files from a source you trust"
         ) from None
-    except (RuntimeError, EOFError) as error:
+    except Exception as error:  # noqa: BLE001 (a damaged file fails in many ways: EOF, zip, pickle opcodes)
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}"
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(error)}. "
+            "Copy it again, or use another checkpoint of the run"
         ) from None
 
 
-def read_lightning_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """The raw checkpoint dict, after checking it carries diffaug's metadata."""
+def _unreadable_safetensors(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a readable safetensors file (truncated or corrupt?): {_reason(error)}. "
+        "Copy it again, or load a .ckpt of the run (checkpoints/last.ckpt) instead"
+    )
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except SafetensorError as error:
+        raise _unreadable_safetensors(path, error) from None
+
+
+def read_lightning_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False
+) -> dict:
+    """The raw checkpoint dict, after checking it carries diffaug's metadata. ``mmap=True`` maps the tensors
+    instead of reading them: a cheap check of a large file before Lightning loads it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = _torch_load(path, map_location)
+    checkpoint = _torch_load(path, map_location, mmap=mmap)
     meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(meta, dict) or "config" not in meta or "class_names" not in meta:
         raise CheckpointError(
@@ -102,8 +135,7 @@ def read_weights(
             )
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} does not exist")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = _safetensors_metadata(path)
         missing = sorted({"config", "class_names"} - set(meta))
         if missing:
             raise CheckpointError(
@@ -114,7 +146,10 @@ def read_weights(
                 f"{path} has format {meta['format_version']}, newer than this diffaug reads; upgrade diffaug"
             )
         device = str(map_location) if map_location is not None else "cpu"
-        state = load_file(str(path), device=device)
+        try:
+            state = load_file(str(path), device=device)
+        except SafetensorError as error:
+            raise _unreadable_safetensors(path, error) from None
         config, class_names = json.loads(meta["config"]), json.loads(meta["class_names"])
     else:
         checkpoint = read_lightning_checkpoint(path, map_location)

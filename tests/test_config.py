@@ -82,12 +82,25 @@ def test_registry_names_are_checked_at_load():
         ("training.lr=0", "training.lr"),
         ("export.formats=[folder,zip]", "export.formats"),
         ("data.source=folder", "data.path"),
+        ("sampling.guidance_scale=-0.5", "sampling.guidance_scale"),
+        ("sampling.guidance_scale=inf", "sampling.guidance_scale"),
+        ("sampling.class_guidance={a: -1}", "sampling.class_guidance"),
+        ("sampling.steps=0", "sampling.steps"),
+        ("sampling.sampler_args={eta: 1.5}", "sampling.sampler_args"),
+        ("sampling.sampler_args={snr: 0.1}", "sampling.sampler_args"),  # ddim has no snr
+        ("export.shard_size=0", "export.shard_size"),
+        ("export.min_confidence=1.5", "export.min_confidence"),
     ],
 )
 def test_out_of_range_values_fail_with_the_rule(override, key):
     with pytest.raises(ConfigError) as err:
         load_config([], [override])
     assert key in str(err.value)
+
+
+def test_sampler_options_in_range_load():
+    load_config([], ["sampling.sampler=pc", "sampling.sampler_args={snr: 0.2, corrector_steps: 0}",
+                     "sampling.guidance_scale=0"])
 
 
 def test_malformed_override_and_missing_file_and_include_cycle(tmp_path):

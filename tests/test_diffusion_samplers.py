@@ -415,8 +415,12 @@ def test_bad_arguments():
         sample("ddpm", oracle, process, guidance_scale=2.0, **args)
     with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
         sample("ddim", oracle, process, eta=2.0, **args)
-    with pytest.raises(ValueError, match="unknown predictor 'heun'"):
+    with pytest.raises(ValueError, match="predictor must be one of reverse_diffusion, euler, got 'heun'"):
         sample("pc", oracle, process, predictor="heun", **args)
+    for name, options in (("langevin", {"n_steps_each": 0}), ("pc", {"snr": 0.0}),
+                          ("pc", {"corrector_steps": -1})):
+        with pytest.raises(ValueError, match=f"{next(iter(options))} must be"):
+            sample(name, oracle, process, **options, **args)
     with pytest.raises(ValueError, match=r"guidance_scale must have shape \(2,\)"):
         sample("ddpm", oracle, process, class_labels=torch.tensor([0, 1]), guidance_scale=torch.ones(3),
                **args)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -144,6 +145,13 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
         raise ConfigError(f"invalid value for config key {key!r}: {value!r}; {rule}")
 
 
+GUIDANCE_RANGE = "must be a finite number >= 0 (0: unconditional, 1: no guidance, above 1: stronger guidance)"
+
+
+def _scale_ok(scale: float) -> bool:
+    return math.isfinite(scale) and scale >= 0
+
+
 def validate(cfg: DictConfig) -> None:
     d, t, s, e = cfg.data, cfg.training, cfg.sampling, cfg.export
     _require(d.resolution >= 4, "data.resolution", d.resolution, "must be at least 4")
@@ -170,6 +178,13 @@ def validate(cfg: DictConfig) -> None:
     _require(s.steps >= 1, "sampling.steps", s.steps, "must be at least 1")
     _require(s.batch_size >= 1, "sampling.batch_size", s.batch_size, "must be at least 1")
     _require(s.microbatch >= 1, "sampling.microbatch", s.microbatch, "must be at least 1")
+    _require(_scale_ok(s.guidance_scale), "sampling.guidance_scale", s.guidance_scale, GUIDANCE_RANGE)
+    bad_scales = {name: scale for name, scale in s.class_guidance.items() if not _scale_ok(scale)}
+    _require(not bad_scales, "sampling.class_guidance", bad_scales, f"every scale {GUIDANCE_RANGE}")
+    _require(e.shard_size >= 1, "export.shard_size", e.shard_size, "must be at least 1")
+    _require(0.0 <= e.min_confidence <= 1.0, "export.min_confidence", e.min_confidence, "must be in [0, 1]")
+    _require(e.dedup_threshold is None or e.dedup_threshold >= 0, "export.dedup_threshold",
+             e.dedup_threshold, "must be 0 or more (or null for no near-duplicate check)")
     _require(0.0 < e.strength <= 1.0, "export.strength", e.strength, "must be in (0, 1]")
     bad_formats = sorted(set(e.formats) - {"folder", "shards"})
     _require(not bad_formats and len(e.formats) > 0, "export.formats", list(e.formats),
@@ -179,7 +194,7 @@ def validate(cfg: DictConfig) -> None:
 
 def _check_registry_names(cfg: DictConfig) -> None:
     # Imported here: the registries pull in torch and the networks, which config loading alone need not.
-    from diffaug.diffusion import SAMPLERS
+    from diffaug.diffusion import SAMPLERS, check_sampler_options
     from diffaug.nets import NETS
 
     for key, registry, value in (("model.net", NETS, cfg.model.net),
@@ -190,6 +205,10 @@ def _check_registry_names(cfg: DictConfig) -> None:
                 f"invalid value for config key {key!r}: {value!r}; valid names: {', '.join(names)}."
                 f"{did_you_mean(value, names)}"
             )
+    try:
+        check_sampler_options(cfg.sampling.sampler, OmegaConf.to_container(cfg.sampling.sampler_args))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid value for config key 'sampling.sampler_args': {err}") from None
 
 
 # ---------------------------------------------------------------- saving and identity

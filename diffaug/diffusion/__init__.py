@@ -18,7 +18,7 @@ from diffaug.diffusion.losses import (
 from diffaug.diffusion.ncsn import NCSNProcess
 from diffaug.diffusion.process import PROCESSES, GaussianProcess, Spacing, append_dims, build_process
 from diffaug.diffusion.rng import StackedRandomGenerator
-from diffaug.diffusion.samplers import SAMPLERS, sample, sampling_grid
+from diffaug.diffusion.samplers import SAMPLERS, check_sampler_options, sample, sampling_grid
 from diffaug.diffusion.sde import VESDE, SubVPSDE, VPSDE
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "bucket_losses",
     "build_objective",
     "build_process",
+    "check_sampler_options",
     "dequantize",
     "drop_labels",
     "guided_x0",

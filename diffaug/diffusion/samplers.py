@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Sequence
-from typing import Literal, get_args
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -73,8 +73,6 @@ def ddim(
 ) -> Tensor:
     """DDIM (Song et al. 2021a): x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z with
     c^2 = eta^2 Var[q(x_s | x_t, x0)]; eta = 0 is deterministic, eta = 1 is ancestral sampling."""
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
     for t, s in _steps(grid):
         x0 = denoise(x, t)
         alpha_t, sigma_t = process.alpha_sigma(t)
@@ -132,8 +130,6 @@ def langevin(
     snr: float = 0.16,
 ) -> Tensor:
     """Annealed Langevin dynamics (Song & Ermon 2019): n_steps_each Langevin steps at every grid level."""
-    if n_steps_each < 1 or snr <= 0:
-        raise ValueError(f"need n_steps_each >= 1 and snr > 0, got n_steps_each={n_steps_each}, snr={snr}")
     for t in grid:
         for _ in range(n_steps_each):
             x = _langevin_step(denoise, process, x, t, snr, rng)
@@ -155,10 +151,6 @@ def predictor_corrector(
     """Predictor-corrector sampling (Song et al. 2021): at each grid time, corrector_steps Langevin steps,
     then a predictor step to the next time: "reverse_diffusion" (the discretised reverse of the forward
     transition, x + (1 - alpha_ts) x + var_ts score + sqrt(var_ts) z) or "euler" (Euler-Maruyama)."""
-    if predictor not in get_args(Predictor):
-        raise ValueError(f"unknown predictor {predictor!r}; choose one of {get_args(Predictor)}")
-    if corrector_steps < 0 or snr <= 0:
-        raise ValueError(f"need corrector_steps >= 0 and snr > 0, got {corrector_steps}, {snr}")
 
     def correct(x: Tensor, t: Tensor) -> Tensor:
         for _ in range(corrector_steps):
@@ -240,14 +232,34 @@ def sampling_grid(
     return process.timesteps(max(1, round(strength * steps)), device, t_start=t_start, spacing=spacing)
 
 
-def _check_options(name: str, fn: SamplerFn, options: dict) -> None:
-    parameters = inspect.signature(fn).parameters.values()
+# The samplers' options that have a valid range: checked by check_sampler_options before any sampling,
+# and when a config is loaded, so a bad value fails at once with its range.
+OPTION_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "eta": (lambda v: 0.0 <= v <= 1.0, "in [0, 1] (0: deterministic DDIM, 1: ancestral)"),
+    "snr": (lambda v: v > 0, "positive"),
+    "n_steps_each": (lambda v: v >= 1, "at least 1"),
+    "corrector_steps": (lambda v: v >= 0, "0 or more"),
+    "predictor": (lambda v: v in get_args(Predictor), f"one of {', '.join(get_args(Predictor))}"),
+}
+
+
+def check_sampler_options(name: str, options: Mapping[str, Any]) -> None:
+    """TypeError for an option sampler ``name`` does not take, ValueError for a value out of its range."""
+    parameters = inspect.signature(SAMPLERS.get(name)).parameters.values()
     valid = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise TypeError(
             f"sampler {name!r} has no option(s) {unknown}; its options are: {', '.join(valid) or 'none'}"
         )
+    for key in sorted(set(options) & set(OPTION_RANGES)):
+        ok, rule = OPTION_RANGES[key]
+        try:
+            fits = ok(options[key])
+        except TypeError:  # e.g. a string where a number belongs
+            fits = False
+        if not fits:
+            raise ValueError(f"sampler {name!r}: {key} must be {rule}, got {options[key]!r}")
 
 
 def sample(
@@ -284,7 +296,7 @@ def sample(
     options: the sampler's own keyword options (e.g. eta for "ddim").
     """
     fn = SAMPLERS.get(name)
-    _check_options(name, fn, options)
+    check_sampler_options(name, options)
     shape = tuple(int(s) for s in shape)
     n = shape[0]
     if len(seeds) != n:

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from diffaug.build import build_datamodule, build_module, conditional_num_classes, sampler_options
-from diffaug.checkpoint import save_weights
+from diffaug.checkpoint import CheckpointError, read_lightning_checkpoint, save_weights
 from diffaug.cluster.requeue import JobRequeued, slurm_training_extras
 from diffaug.config import ConfigError, config_hash, save_config, to_dict
 from diffaug.hardware import cuda_math, uses_cuda
@@ -73,6 +73,15 @@ def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
         raise ConfigError(f"invalid value for config key 'training.resume': {resume!r}; no such checkpoint "
                           "file (use 'auto' for the newest checkpoint of the run directory)")
     return path
+
+
+def check_resume_checkpoint(path: Path) -> None:
+    """Fail before fit on a checkpoint that is truncated, holds pickled code or is not diffaug's: Lightning's
+    own load would end in a raw traceback. Memory-mapped, so a large checkpoint is not read twice."""
+    try:
+        read_lightning_checkpoint(path, mmap=True)
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot resume (training.resume): {error}") from None
 
 
 # ---------------------------------------------------------------- loggers and callbacks
@@ -237,8 +246,10 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """
     t = cfg.training
     run_dir = Path(cfg.run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     resume_path = find_resume_checkpoint(t.resume, run_dir)
+    if resume_path is not None:
+        check_resume_checkpoint(resume_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(t.seed, workers=True, verbose=False)
     _write_config(cfg, run_dir)
 
