@@ -1,6 +1,7 @@
 """python -m benchmarks: diffaug against diffusers, training and sampling, on this machine's device.
 
-Writes results.json and results.md to --out (default benchmarks/results/<device-slug>/) and prints the table.
+Writes results.json and results.md to --out (default benchmarks/results/<device-slug>/) after every
+measurement, so a run stopped by a time limit keeps what it measured, and prints the table at the end.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,6 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-repeats", type=int, default=2)
     p.add_argument("--ddpm-steps", type=int, default=None,
                    help="NFE of the DDPM row; default 1000 (CUDA) / 100 (CPU); the NFE used is recorded")
+    p.add_argument("--samplers", default="ddpm,ddim,dpmpp_2m", help="comma-separated: ddpm, ddim, dpmpp_2m")
+    p.add_argument("--no-tf32", action="store_true",
+                   help="exact float32 on CUDA (training's default is TF32, training.tf32; both sides alike)")
+    p.add_argument("--matmul-size", type=int, default=None,
+                   help="side of the peak matmul; default 8192 (CUDA) / 512 (CPU)")
     p.add_argument("--no-loader", action="store_true")
     p.add_argument("--loader-workers", type=int, default=None, help="default 0 (CPU) / 8 (CUDA)")
     p.add_argument("--loader-batches", type=int, default=50)
@@ -54,13 +61,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda results: None) -> dict:
+    """Every measurement of the run; ``save(results)`` after each one (and at the end)."""
     from benchmarks import device as dev
     from benchmarks.harness import Settings, add_utilisation, model_flops, sampling_rows, training_row
     from benchmarks.loader import measure_loaders
     from benchmarks.report import evaluate_targets
     from benchmarks.sampling import sampler_specs
     from benchmarks.suite import CONFIGS, SUITES
+    from diffaug.hardware import cuda_math
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,75 +92,102 @@ def run(args: argparse.Namespace) -> dict:
         sample_batch=args.sample_batch or (256 if cuda else 16), sample_repeats=args.sample_repeats,
         ddpm_steps=args.ddpm_steps or (1000 if cuda else 100),
     )
-    info = dev.describe(device)
-    results: dict = {
-        "device": info,
-        "settings": {"suite": suite, "configs": names, "precisions": precisions, "compile": compile_modes,
-                     "channels_last": args.channels_last, **vars(settings)},
-        "method": {**METHOD, "memory": dev.MEMORY_METHODS[device.type]},
-        "training": [], "sampling": [], "sampling_identity": [], "loader": [], "skipped": [],
-    }
-    skipped = results["skipped"]
-    if not cuda:
-        skipped.append({"what": "MFU", "why": "no bf16 peak for a CPU; achieved FLOP/s are reported instead"})
-        if args.compile == "auto":
-            skipped.append({"what": "torch.compile", "why": "off by default on CPU (minutes to build per "
-                                                            "network); pass --compile both"})
-        skipped.append({"what": "CUDA graphs for sampling", "why": "CUDA only"})
+    samplers = args.samplers.split(",")
+    specs = [s for s in sampler_specs(settings.ddpm_steps) if s.ours in samplers]
+    if len(specs) != len(samplers):
+        raise SystemExit(f"unknown sampler(s) in {samplers}; choose from ddpm, ddim, dpmpp_2m")
+    # The CUDA math train() runs under by default (TF32 unless training.tf32=false), for both sides alike.
+    with cuda_math(enabled=cuda, tf32=not args.no_tf32, deterministic=False):
+        info = dev.describe(device)
+        # The device's own dense matmul peak in each precision of the run, measured before anything else.
+        peaks = {p: dev.measure_matmul_peak(device, p, size=args.matmul_size) for p in precisions}
+        info["measured_matmul_peak"] = peaks
+        log.info("measured matmul peak: %s", ", ".join(f"{p} {v['flops_per_s'] / 1e12:.3g} TFLOP/s"
+                                                        for p, v in peaks.items()))
+        results: dict = {
+            "device": info,
+            "settings": {"suite": suite, "configs": names, "precisions": precisions,
+                         "compile": compile_modes, "channels_last": args.channels_last,
+                         "tf32": cuda and not args.no_tf32, "samplers": [s.name for s in specs],
+                         **vars(settings)},
+            "method": {**METHOD, "memory": dev.MEMORY_METHODS[device.type]},
+            "training": [], "sampling": [], "sampling_identity": [], "loader": [], "skipped": [],
+        }
+        skipped = results["skipped"]
 
-    for config in configs:
-        flops = model_flops(config, device)
-        for precision in precisions:
-            for compiled in compile_modes:
-                started = time.perf_counter()
-                row = training_row(config, device, precision, compiled, settings,
-                                   channels_last=args.channels_last)
-                add_utilisation(row, flops, device)
-                results["training"].append(row)
-                log.info("training %s %s compile=%s: ours %.1f img/s, ref %.1f img/s (%.2fx) in %.0f s",
-                         config.name, precision, compiled, row["ours"]["images_per_s"],
-                         row["ref"]["images_per_s"], row["ratio_images_per_s"], time.perf_counter() - started)
+        def checkpoint() -> None:
+            results["targets"] = evaluate_targets(results)
+            save(results)
+
+        if not cuda:
+            skipped.append({"what": "MFU against a data sheet", "why": "no data-sheet peak for a CPU; MFU "
+                                                                       "against the measured matmul peak instead"})
+            if args.compile == "auto":
+                skipped.append({"what": "torch.compile", "why": "off by default on CPU (minutes to build per "
+                                                                "network); pass --compile both"})
+        checkpoint()
+
+        for config in configs:
+            flops = model_flops(config, device)
+            for precision in precisions:
+                for compiled in compile_modes:
+                    started = time.perf_counter()
+                    row = training_row(config, device, precision, compiled, settings,
+                                       channels_last=args.channels_last)
+                    add_utilisation(row, flops, device, {p: v["flops_per_s"] for p, v in peaks.items()})
+                    results["training"].append(row)
+                    checkpoint()
+                    log.info("training %s %s compile=%s: ours %.1f img/s, ref %.1f img/s (%.2fx) in %.0f s",
+                             config.name, precision, compiled, row["ours"]["images_per_s"],
+                             row["ref"]["images_per_s"], row["ratio_images_per_s"],
+                             time.perf_counter() - started)
+            if args.no_sampling:
+                continue
+            if not (cuda or config.tiny):
+                skipped.append({"what": f"sampling {config.name}",
+                                "why": "hours on a CPU at the issue's NFE; sampled on CUDA or in tiny "
+                                       "configs"})
+                continue
+            started = time.perf_counter()
+            sample_precision = "bf16" if cuda and "bf16" in precisions else "fp32"
+            rows, identity = sampling_rows(config, device, sample_precision, settings, specs)
+            results["sampling"] += rows
+            results["sampling_identity"].append(identity)
+            checkpoint()
+            log.info("sampling %s in %.0f s", config.name, time.perf_counter() - started)
         if args.no_sampling:
-            continue
-        if not (cuda or config.tiny):
-            skipped.append({"what": f"sampling {config.name}",
-                            "why": "hours on a CPU at the issue's NFE; sampled on CUDA or in tiny configs"})
-            continue
-        started = time.perf_counter()
-        sample_precision = "bf16" if cuda and "bf16" in precisions else "fp32"
-        rows, identity = sampling_rows(config, device, sample_precision, settings,
-                                       sampler_specs(settings.ddpm_steps))
-        results["sampling"] += rows
-        results["sampling_identity"].append(identity)
-        log.info("sampling %s in %.0f s", config.name, time.perf_counter() - started)
-    if args.no_sampling:
-        skipped.append({"what": "sampling", "why": "--no-sampling"})
+            skipped.append({"what": "sampling", "why": "--no-sampling"})
 
-    if args.no_loader:
-        skipped.append({"what": "data loader", "why": "--no-loader"})
-    else:
-        shape = (3, 32) if any(c.channels == 3 for c in configs) else (1, 16)
-        batch = max(c.batch_size(device.type) for c in configs)
-        workers = args.loader_workers if args.loader_workers is not None else (8 if cuda else 0)
-        results["loader"] = measure_loaders(channels=shape[0], resolution=shape[1], batch_size=batch,
-                                            num_workers=workers, batches=args.loader_batches)
-    results["targets"] = evaluate_targets(results)
-    return results
+        if args.no_loader:
+            skipped.append({"what": "data loader", "why": "--no-loader"})
+        else:
+            shape = (3, 32) if any(c.channels == 3 for c in configs) else (1, 16)
+            batch = max(c.batch_size(device.type) for c in configs)
+            workers = args.loader_workers if args.loader_workers is not None else (8 if cuda else 0)
+            results["loader"] = measure_loaders(channels=shape[0], resolution=shape[1], batch_size=batch,
+                                                num_workers=workers, batches=args.loader_batches)
+        checkpoint()
+        return results
 
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.device import slug
     from benchmarks.report import markdown
+    from diffaug.sampling.atomic import atomic_write_bytes
 
     args = parse_args(argv)
-    results = run(args)
-    out = args.out or Path(__file__).parent / "results" / slug(results["device"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    table = markdown(results)
-    (out / "results.md").write_text(table)
-    print(table)
-    print(f"results: {out / 'results.json'}, {out / 'results.md'}")
+    written: dict[str, str] = {}
+
+    def save(results: dict) -> None:
+        out = args.out or Path(__file__).parent / "results" / slug(results["device"])
+        # Atomic writes: a run killed mid-write leaves the previous complete file.
+        atomic_write_bytes(out / "results.json", (json.dumps(results, indent=1) + "\n").encode())
+        atomic_write_bytes(out / "results.md", markdown(results).encode())
+        written.update(json=str(out / "results.json"), md=str(out / "results.md"))
+
+    results = run(args, save)
+    print(markdown(results))
+    print(f"results: {written['json']}, {written['md']}")
     return 0
 
 

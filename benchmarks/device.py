@@ -1,11 +1,12 @@
-"""The device a run is measured on, its bf16 peak, and the two measurements that depend on it: peak memory
-and FLOPs."""
+"""The device a run is measured on, its peak FLOP/s (the data sheet's bf16 figure, and a matmul measured in the
+run), and the two measurements that depend on the device: peak memory and FLOPs."""
 
 from __future__ import annotations
 
 import os
 import platform
 import re
+import time
 from collections.abc import Callable
 
 import torch
@@ -34,11 +35,44 @@ MEMORY_METHODS = {
 }
 
 
-def bf16_peak(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
+def datasheet_peak(name: str) -> float | None:
+    """The data sheet's dense bf16 FLOP/s of the GPU ``name`` (as torch.cuda.get_device_name says), if known."""
     return next((peak for key, peak in BF16_PEAK_FLOPS if key in name), None)
+
+
+def bf16_peak(device: torch.device) -> float | None:
+    return datasheet_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
+
+MATMUL_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def measure_matmul_peak(device: torch.device, precision: str = "bf16", *, size: int | None = None,
+                        seconds: float = 0.5) -> dict:
+    """FLOP/s of a square dense matmul in ``precision``, the best of several timed runs: what this device
+    actually sustains (clocks, power limit, the float32 matmul precision in force), beside the data sheet.
+    Default size 8192 on CUDA (large enough for the tensor cores' peak), 512 on a CPU."""
+    size = size or (8192 if device.type == "cuda" else 512)
+    g = torch.Generator(device).manual_seed(0)
+    dtype = MATMUL_DTYPES[precision]
+    a, b = (torch.randn(size, size, generator=g, device=device).to(dtype) for _ in range(2))
+    flops = 2 * size**3
+    (a @ b).sum()  # kernels chosen and loaded outside the timing
+    synchronize(device)
+    start = time.perf_counter()
+    a @ b
+    synchronize(device)
+    calls = max(1, min(200, round(seconds / 5 / max(time.perf_counter() - start, 1e-6))))
+    best = float("inf")
+    for _ in range(5):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            a @ b
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / calls)
+    return {"precision": precision, "size": size, "flops_per_s": flops / best,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
 
 
 def _cpu_model() -> str:

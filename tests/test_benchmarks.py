@@ -10,7 +10,9 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from benchmarks.__main__ import main  # noqa: E402
+from benchmarks.__main__ import main, parse_args  # noqa: E402
+from benchmarks.__main__ import run as run_benchmarks  # noqa: E402
+from benchmarks.device import datasheet_peak, measure_matmul_peak  # noqa: E402
 from benchmarks.suite import (  # noqa: E402
     CONFIGS,
     PARAM_TOLERANCE,
@@ -73,7 +75,12 @@ def test_measurements_are_real_numbers(run):
     for label in ("ours", "ref", "ours+ckpt"):
         # At least the weights, EMA and AdamW moments: four copies of the parameters in fp32.
         assert row[label]["peak_memory_bytes"] > 4 * 4 * row["parameters"]["ours"]
-    assert row["ours"]["flops_per_step"] > 0 and row["ours"]["mfu"] is None  # no peak known for a CPU
+    assert row["ours"]["flops_per_step"] > 0 and row["ours"]["mfu"] is None  # no data sheet for a CPU
+    # Against the matmul peak measured in the same run, same precision and thread count: a real fraction.
+    peak = results["device"]["measured_matmul_peak"]["fp32"]
+    assert peak["flops_per_s"] > 1e9 and peak["size"] == 512
+    assert 0.001 < row["ours"]["mfu_measured"] < 1.0 and 0.001 < row["ref"]["mfu_measured"] < 1.0
+    assert row["ours"]["mfu_measured"] == pytest.approx(row["ours"]["achieved_flops_per_s"] / peak["flops_per_s"])
     assert row["grad_checkpointing"]["memory_cut"] > 0  # recomputation keeps fewer activations
     assert results["sampling_identity"][0]["byte_identical"]
 
@@ -92,6 +99,32 @@ def test_markdown_names_the_device_and_shows_the_rows(run):
     assert f"torch {torch.__version__}" in table
     assert "| dit-tiny-16 | fp32 | no | 64 | 179,588 / 179,588 |" in table
     assert "| dit-tiny-16 | dpmpp_2m-20 | 20 | 4 |" in table
+    assert "Dense matmul peak measured in this run: fp32" in table and "MFU measured" in table
+    assert "CUDA graphs" not in table
+
+
+def test_results_are_saved_after_every_measurement():
+    threads = torch.get_num_threads()
+    snapshots = []
+    try:
+        run_benchmarks(parse_args(["--configs", "dit-tiny-16,unet-tiny-16", "--precisions", "fp32", "--repeats",
+                                   "1", "--warmup", "1", "--repeat-seconds", "0.01", "--no-sampling",
+                                   "--no-loader", "--no-grad-checkpointing", "--threads", "1"]),
+                       save=lambda results: snapshots.append(json.loads(json.dumps(results))))
+    finally:
+        torch.set_num_threads(threads)
+    # Before the first row, after each of the two rows, at the end: a time limit keeps what was measured.
+    assert [[r["config"] for r in s["training"]] for s in snapshots] == [
+        [], ["dit-tiny-16"], ["dit-tiny-16", "unet-tiny-16"], ["dit-tiny-16", "unet-tiny-16"]]
+    assert all("targets" in s and "measured_matmul_peak" in s["device"] for s in snapshots)
+
+
+def test_the_data_sheet_knows_the_hopper_gpus_and_the_matmul_peak_is_measured():
+    assert datasheet_peak("NVIDIA H200") == datasheet_peak("NVIDIA H100 80GB HBM3") == 989e12
+    assert datasheet_peak("NVIDIA H100 PCIe") == 756e12 and datasheet_peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert datasheet_peak("Tesla T4") is None
+    peak = measure_matmul_peak(torch.device("cpu"), "fp32", size=128, seconds=0.05)
+    assert peak["precision"] == "fp32" and peak["size"] == 128 and 1e8 < peak["flops_per_s"] < 1e13
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -33,11 +33,14 @@ def test_gpu_runs_take_their_share_of_the_job_cpus(sixteen_cpus, monkeypatch):
 
 
 def test_the_config_default_is_resolved_when_the_data_module_is_built(sixteen_cpus, monkeypatch):
+    def workers(*overrides: str) -> int:
+        return build_datamodule(load_config([], list(overrides))).num_workers
+
     assert load_config([], []).data.num_workers is None
-    assert build_datamodule(load_config([], ["training.accelerator=cpu"])).num_workers == 0
+    assert workers("training.accelerator=cpu") == 0
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")  # what the rendered sbatch scripts ask for
-    assert build_datamodule(load_config([], ["training.accelerator=gpu", "training.devices=1"])).num_workers == 7
-    assert build_datamodule(load_config([], ["training.accelerator=gpu", "data.num_workers=2"])).num_workers == 2
+    assert workers("training.accelerator=gpu", "training.devices=1") == 7
+    assert workers("training.accelerator=gpu", "data.num_workers=2") == 2
 
 
 def test_cuda_math_is_set_for_the_fit_and_put_back_after():

@@ -74,10 +74,10 @@ def _device_mismatch(out_dir: Path, made_on: str | None, plan: ExportPlan) -> Co
     if made_on is None or made_on == plan.device_type:
         return None
     return ConfigError(
-        f"{out_dir} holds an export sampled on {made_on}; this process samples on {plan.device_type}. Devices "
-        "of different types draw different random numbers from the same seeds and round differently, so the "
-        f"parts would not make one reproducible set: run every part on {made_on} (sampling.device), or "
-        "choose another export.out_dir"
+        f"{out_dir} holds an export sampled on {made_on}; this process samples on {plan.device_type}. "
+        "Devices of different types draw different random numbers from the same seeds and round "
+        f"differently, so the parts would not make one reproducible set: run every part on {made_on} "
+        "(sampling.device), or choose another export.out_dir"
     )
 
 

@@ -187,5 +187,6 @@ class ResumableDataModule(pl.LightningDataModule):
             return self.inner.val_dataloader()
         # Each rank evaluates its own strided share; Lightning averages the logged means across ranks.
         share = Subset(dataset, range(rank, len(dataset), world_size))
-        return DataLoader(share, batch_size=self.inner.batch_size, shuffle=False, pin_memory=self._pin_memory(),
-                          num_workers=self.inner.num_workers, persistent_workers=self.inner.num_workers > 0)
+        return DataLoader(share, batch_size=self.inner.batch_size, shuffle=False,
+                          num_workers=self.inner.num_workers, persistent_workers=self.inner.num_workers > 0,
+                          pin_memory=self._pin_memory())

@@ -238,7 +238,8 @@ class DiffusionModule(pl.LightningModule):
                 pass
         return torch.optim.AdamW(params, foreach=True, **self.optimizer_settings)
 
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
         # Lightning's autocast plugin refuses to clip for an optimizer that unscales itself (fused AdamW) even
         # without a gradient scaler, as under bf16-mixed, where the gradients are the true ones (Lightning
