@@ -120,8 +120,8 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda results:
             save(results)
 
         if not cuda:
-            skipped.append({"what": "MFU against a data sheet", "why": "no data-sheet peak for a CPU; MFU "
-                                                                       "against the measured matmul peak instead"})
+            skipped.append({"what": "MFU against a data sheet",
+                            "why": "no data-sheet peak for a CPU; MFU against the measured matmul peak instead"})
             if args.compile == "auto":
                 skipped.append({"what": "torch.compile", "why": "off by default on CPU (minutes to build per "
                                                                 "network); pass --compile both"})

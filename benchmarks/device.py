@@ -1,5 +1,5 @@
-"""The device a run is measured on, its peak FLOP/s (the data sheet's bf16 figure, and a matmul measured in the
-run), and the two measurements that depend on the device: peak memory and FLOPs."""
+"""The device a run is measured on, its peak FLOP/s (the data sheet's bf16 figure, and a matmul measured in
+the run), and the two measurements that depend on the device: peak memory and FLOPs."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ MEMORY_METHODS = {
 
 
 def datasheet_peak(name: str) -> float | None:
-    """The data sheet's dense bf16 FLOP/s of the GPU ``name`` (as torch.cuda.get_device_name says), if known."""
+    """The data sheet's dense bf16 FLOP/s of the GPU ``name`` (torch.cuda.get_device_name), if known."""
     return next((peak for key, peak in BF16_PEAK_FLOPS if key in name), None)
 
 
