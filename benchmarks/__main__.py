@@ -121,7 +121,7 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda results:
 
         if not cuda:
             skipped.append({"what": "MFU against a data sheet",
-                            "why": "no data-sheet peak for a CPU; MFU against the measured matmul peak instead"})
+                            "why": "no data-sheet peak for a CPU; MFU against the measured matmul peak"})
             if args.compile == "auto":
                 skipped.append({"what": "torch.compile", "why": "off by default on CPU (minutes to build per "
                                                                 "network); pass --compile both"})
