@@ -116,7 +116,9 @@ step setup 60 "$PY" -m benchmarks.gpu_check_summary --install "$WHEELS" --target
 
 step info 45 "$PY" -m benchmarks.gpu_check_summary --info "$WORK/info.json" --device "$DEVICE" \
     --dry-run "$DRY"
-step tests 120 "$PY" -m pytest -m device -q -p no:cacheprovider "${TEST_ARGS[@]}"
+# A test module that cannot be imported there must not stop the device tests of the others.
+step tests 120 "$PY" -m pytest -m device -q -p no:cacheprovider --continue-on-collection-errors \
+    "${TEST_ARGS[@]}"
 # bf16 training of both networks, ours and diffusers' at equal parameters, then DDIM-50 and DPM-Solver++-20
 # at batch 256 and the byte-identical check of our sampler at two batch sizes.
 step bench-eager 120 "$PY" -m benchmarks "${BENCH_ARGS[@]}" --compile off \

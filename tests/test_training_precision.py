@@ -4,6 +4,7 @@ default; cuda on a GPU machine)."""
 
 from __future__ import annotations
 
+import math
 import typing
 
 import lightning.pytorch as pl
@@ -40,7 +41,8 @@ class GradientNorms(pl.Callback):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
             return None
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+        norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+        return float(torch.linalg.vector_norm(norms))
 
     def on_train_start(self, trainer, pl_module):
         self.defaults = dict(trainer.optimizers[0].defaults)
@@ -79,7 +81,9 @@ def test_each_precision_trains_with_gradient_clipping_and_reloads(tmp_path, devi
     # Fused AdamW unscales inside its step: not with a gradient scaler (16-mixed on a GPU; a CPU runs bf16).
     scaled = precision == "16-mixed" and device.type == "cuda"
     assert seen.defaults["fused"] is (None if scaled else True)
-    assert max(seen.before) > 1.5 and max(seen.after) < 1.01  # clipping acted (bf16 gradients round)
+    # Clipping acted (to 1 within bf16 rounding); fp16's gradient scaler skips the first steps, which overflow.
+    clipped = [norm for norm in seen.after if math.isfinite(norm)]
+    assert max(seen.before) > 1.5 and len(clipped) >= 20 and max(clipped) < 1.01
 
     before = fixed_batch_loss(build_denoiser(cfg, 10), cfg)
     live, _, _, _ = load_for_inference(result.last_checkpoint, use_ema=False)
