@@ -81,7 +81,7 @@ def test_each_precision_trains_with_gradient_clipping_and_reloads(tmp_path, devi
     # Fused AdamW unscales inside its step: not with a gradient scaler (16-mixed on a GPU; a CPU runs bf16).
     scaled = precision == "16-mixed" and device.type == "cuda"
     assert seen.defaults["fused"] is (None if scaled else True)
-    # Clipping acted (to 1 within bf16 rounding); fp16's gradient scaler skips the first steps, which overflow.
+    # Clipping acted (to 1 within bf16 rounding); fp16's gradient scaler skips the first, overflowing steps.
     clipped = [norm for norm in seen.after if math.isfinite(norm)]
     assert max(seen.before) > 1.5 and len(clipped) >= 20 and max(clipped) < 1.01
 
