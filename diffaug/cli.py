@@ -114,14 +114,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Imported here so that `diffaug config` does not pay for torch and Lightning.
-    from diffaug.checkpoint import CheckpointError
+    from diffaug.data.corrupt import CorruptDataError
 
     try:
         return args.func(args)
     except ConfigError as err:
         print(f"diffaug: config error: {err}", file=sys.stderr)
         return 2
-    except (CheckpointError, FileNotFoundError) as err:
+    # Bad input: a damaged checkpoint (CheckpointError), data that cannot be read or used (CorruptDataError,
+    # IdxFormatError, ShardSampleError, the data module's checks), a missing file; all ValueErrors name the
+    # file or setting and the fix. One line for the user; -v shows the traceback.
+    except (ValueError, CorruptDataError, FileNotFoundError) as err:
+        if args.verbose:
+            raise
         print(f"diffaug: {err}", file=sys.stderr)
         return 2
 

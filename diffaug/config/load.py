@@ -45,6 +45,21 @@ def _find_file(name: str | Path, relative_to: Path | None) -> Path:
     raise ConfigError(f"config file {str(name)!r} not found (looked at: {tried})")
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: where, what, and the construct it was inside."""
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    problem = getattr(err, "problem", None)
+    if problem is None:
+        return " ".join(str(err).split())
+    text = f"{at(getattr(err, 'problem_mark', None))}: {problem}".lstrip(": ")
+    context = getattr(err, "context", None)
+    if context:
+        text += f" ({context} from {at(getattr(err, 'context_mark', None))})".replace(" from )", ")")
+    return text
+
+
 def read_yaml(name: str | Path, relative_to: Path | None = None, _stack: tuple[Path, ...] = ()) -> dict:
     """Read one YAML file with its ``include`` list merged underneath it (includes first, file last)."""
     path = _find_file(name, relative_to).resolve()
@@ -54,7 +69,7 @@ def read_yaml(name: str | Path, relative_to: Path | None = None, _stack: tuple[P
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
     includes = data.pop(INCLUDE_KEY, []) or []

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from diffaug.data.base import SOURCES, ImageSource, SourceView, select_indices
 from diffaug.data.classmap import ClassMap
 from diffaug.data.corrupt import CorruptionLog, OnCorrupt, check_on_corrupt
-from diffaug.data.shards import ShardDataset
+from diffaug.data.shards import MANIFEST_FILE, ShardDataset
 from diffaug.data.transforms import ImageTransform, pil_mode_for
 
 logger = logging.getLogger(__name__)
@@ -181,6 +181,12 @@ class DiffusionDataModule(pl.LightningDataModule):
             return
         source = self._get_source()
         if isinstance(source, ShardDataset):
+            total = source.num_samples  # from the manifest; without one an empty epoch cannot be foreseen
+            if total is not None and min(total, self.max_items or total) < self.batch_size:
+                raise ValueError(
+                    f"the shards {self.path} hold {total} samples (by their {MANIFEST_FILE}), fewer than "
+                    f"batch_size={self.batch_size}, so no full batch exists; lower batch_size"
+                )
             self.train_set = source
             if self.val_path is not None:
                 self.val_set = self._shards(self.val_path, train=False)

@@ -249,12 +249,12 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     resume_path = find_resume_checkpoint(t.resume, run_dir)
     if resume_path is not None:
         check_resume_checkpoint(resume_path)
-    run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(t.seed, workers=True, verbose=False)
+    inner = build_datamodule(cfg)
+    inner.setup("fit")  # before the run directory exists: data that cannot train leaves nothing behind
+    run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(cfg, run_dir)
 
-    inner = build_datamodule(cfg)
-    inner.setup("fit")
     class_names = list(inner.class_map.names)
     has_val = inner.val_set is not None
     module = build_module(cfg, conditional_num_classes(class_names), class_names,
