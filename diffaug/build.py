@@ -38,7 +38,10 @@ def conditional_num_classes(class_names: Sequence[str]) -> int | None:
 def sampler_options(cfg: DictConfig) -> dict:
     """Keyword options for ``diffaug.diffusion.sample`` beyond the sampler's name and steps: the sampler's
     own ``sampling.sampler_args`` and ``sampling.clip_x0``."""
-    return {**_plain(cfg.sampling.sampler_args), "clip_x0": bool(cfg.sampling.clip_x0)}
+    options = {**_plain(cfg.sampling.sampler_args), "clip_x0": bool(cfg.sampling.clip_x0)}
+    if cfg.sampling.get("guidance_interval") is not None:  # absent when unset: earlier sets keep their identity
+        options["guidance_interval"] = [float(v) for v in cfg.sampling.guidance_interval]
+    return options
 
 
 def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:

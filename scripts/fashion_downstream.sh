@@ -51,5 +51,5 @@ ks="[${KS// /,}]"; seeds="[${SEEDS// /,}]"
 OMP_NUM_THREADS=$JOBS $PY -m diffaug eval downstream "$EXP" "eval.downstream.ks=$ks" "eval.downstream.seeds=$seeds"
 if [ "$POOL" = 1 ]; then
     OMP_NUM_THREADS=$JOBS $PY -m diffaug eval downstream "$EXP" "eval.downstream.ks=$ks" "eval.downstream.seeds=$seeds" \
-        "eval.downstream.synthetic=runs/fashion-pool-k{k}-s{seed}/export" eval.out_dir=runs/fashion-downstream/eval-pool
+        "eval.downstream.synthetic=['runs/fashion-pool-k{k}-s{seed}/export']" eval.out_dir=runs/fashion-downstream/eval-pool
 fi

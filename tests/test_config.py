@@ -146,3 +146,10 @@ def test_dangling_interpolation_fails_at_load_naming_the_key(tmp_path):
     path.write_text("run_dir: runs/${nmae}\n")
     with pytest.raises(ConfigError, match=r"'run_dir'.*nmae"):
         load_config([path])
+
+
+@pytest.mark.parametrize("interval", ["[2.0,1.0]", "[-1.0,1.0]", "[1.0]"])
+def test_guidance_interval_out_of_range_fails_at_load(interval):
+    with pytest.raises(ConfigError, match=r"sampling.guidance_interval.*0 <= lo < hi"):
+        load_config([], [f"sampling.guidance_interval={interval}"])
+    assert load_config([], ["sampling.guidance_interval=[0.28,5.42]"]).sampling.guidance_interval == [0.28, 5.42]

@@ -312,6 +312,20 @@ def test_guidance_pushes_samples_away_from_the_other_classes():
     assert float((MIXTURE.assign(guided.view(n, 2)) == labels).float().mean()) > 0.999
 
 
+def test_guidance_interval_guides_only_inside_its_noise_levels():
+    process = build_process("vp")
+    labels = torch.arange(30) % 3
+    common = dict(n=30, steps=20, class_labels=labels)
+    plain = draw("ddim", process, guidance_scale=1.0, **common)
+    guided = draw("ddim", process, guidance_scale=3.0, **common)
+    torch.testing.assert_close(draw("ddim", process, guidance_scale=3.0, guidance_interval=(1e6, 1e7), **common), plain)
+    torch.testing.assert_close(draw("ddim", process, guidance_scale=3.0, guidance_interval=(0.0, 1e9), **common), guided)
+    middle = draw("ddim", process, guidance_scale=3.0, guidance_interval=(0.3, 3.0), **common)
+    assert (middle - plain).abs().max() > 1e-3 and (middle - guided).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="0 <= lo < hi"):
+        draw("ddim", process, guidance_scale=3.0, guidance_interval=(2.0, 1.0), **common)
+
+
 @pytest.mark.parametrize("sampler", sorted(MODERATE))
 def test_same_seed_same_image_whatever_the_batch(sampler):
     options = {"n_steps_each": 2} if sampler == "langevin" else {"eta": 0.7} if sampler == "ddim" else {}

@@ -206,10 +206,10 @@ def test_teacher_filter_removes_planted_mislabelled_images(pool, digits):
     spec = _spec(recipe=Recipe(steps=150, batch_size=16, eval_every=50), ks=[20], augment=["crop"],
                  classifier_args={"width": 16})
     cell = ds._Cell(pool, 20, 0, pool.validation(), None, spec, torch.device("cpu"))
-    cell.synthetic = synthetic
+    cell.sets["planted"] = synthetic
     cell.run_arm("real")
     cell.run_arm("real+aug")
-    kept, soft = cell._synthetic_for(ds.SyntheticSetting(filter=0.5, labels="soft"))
+    kept, soft = cell._synthetic_for("planted", ds.SyntheticSetting(filter=0.5, labels="soft"))
     kept_rows = {bytes(x.numpy().tobytes()) for x in kept.images}
     assert not any(bytes(x.numpy().tobytes()) in kept_rows for x in wrong.images)
     assert len(kept) >= 60  # the correctly labelled images mostly stay
@@ -247,13 +247,15 @@ def test_bad_settings_name_the_valid_choices():
 
 @pytest.fixture(scope="module")
 def cell_exports(tmp_path_factory):
-    """One tiny model per cell (k=5, seeds 0 and 1), trained-data config as the benchmark expects, exported."""
+    """One tiny model per cell (k=5, seeds 0 and 1), trained-data config as the benchmark expects, exported
+    twice: without guidance and at guidance scale 2 (two candidate sets per cell)."""
     root = tmp_path_factory.mktemp("cells")
     for seed in (0, 1):
         data = ("data.per_class_limit=5", f"data.seed={seed}", f"data.holdout_per_class={HOLDOUT}")
         checkpoint = make_checkpoint(root / f"model{seed}", overrides=data, seed=seed)
-        export_augmentation_set(checkpoint, [f"export.out_dir={root / f'k5-s{seed}'}", "export.per_class=6"],
-                                progress=False, device="cpu")
+        for suffix, scale in (("", 1.0), ("-w2", 2.0)):
+            export_augmentation_set(checkpoint, [f"export.out_dir={root / f'k5-s{seed}{suffix}'}", "export.per_class=6",
+                                                 f"sampling.guidance_scale={scale}"], progress=False, device="cpu")
     return root
 
 
@@ -267,7 +269,7 @@ def test_downstream_command_with_per_cell_exports_writes_a_consistent_report(cel
     out = tmp_path / "report"
     status = eval_main(["downstream", *COMMON, "eval.downstream.arms=[real,real+aug,real+syn,real+aug+syn,syn]",
                         "eval.downstream.augment=[crop,crop+mixup]", "eval.downstream.syn_ratio=[0.5,1.0]",
-                        "eval.downstream.syn_filter=[null,0.02]", f"eval.downstream.synthetic={cell_exports}/k{{k}}-s{{seed}}",
+                        "eval.downstream.syn_filter=[null,0.02]", f"eval.downstream.synthetic=['{cell_exports}/k{{k}}-s{{seed}}','{cell_exports}/k{{k}}-s{{seed}}-w2']",
                         "--out", str(out)])
     assert status == 0
     with open(out / "runs.csv") as handle:
@@ -277,7 +279,8 @@ def test_downstream_command_with_per_cell_exports_writes_a_consistent_report(cel
     assert images["real"] == 50 and images["syn"] == 60
     with open(out / "candidates.csv") as handle:
         candidates = list(csv.DictReader(handle))
-    assert sum(c["arm"] == "real+syn" for c in candidates) == 2 * 4  # the 2 x 2 grid, both seeds
+    assert sum(c["arm"] == "real+syn" for c in candidates) == 2 * 2 * 4  # 2 sets x the 2 x 2 grid, both seeds
+    assert {c["setting"].split(":")[0] for c in candidates if c["arm"] == "syn"} == {"k{k}-s{seed}", "k{k}-s{seed}-w2"}
     with open(out / "summary.csv") as handle:
         summary = {row["arm"]: row for row in csv.DictReader(handle)}
     acc = {(r["arm"], int(r["seed"])): float(r["accuracy"]) for r in runs}
@@ -288,7 +291,7 @@ def test_downstream_command_with_per_cell_exports_writes_a_consistent_report(cel
     chosen = json.loads((out / "chosen.json").read_text())
     assert set(chosen["k=5"]["seed=1"]) == {"real", "real+aug", "real+syn", "real+aug+syn", "syn"}
     report = (out / "report.md").read_text()
-    assert "| 5 | real+syn |" in report and "## Memorisation" in report
+    assert "| 5 | real+syn |" in report and "## Memorisation" in report and "k{k}-s{seed}-w2" in report
     assert (out / "kshot.png").stat().st_size > 5000
 
 
@@ -306,7 +309,7 @@ def test_tune_command_never_reads_the_test_split(cell_exports, tmp_path, monkeyp
 def test_command_refuses_a_set_from_a_model_trained_on_other_images(cell_exports, tmp_path, capsys):
     # The seed-0 set offered to the seed-1 cell: its model saw labelled images the cell does not have.
     status = eval_main(["downstream", *COMMON, "eval.downstream.arms=[real,real+syn]",
-                        f"eval.downstream.synthetic={cell_exports}/k5-s0", "--out", str(tmp_path / "r")])
+                        f"eval.downstream.synthetic=[{cell_exports}/k5-s0]", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert status == 2 and "data.seed=0 (the cell needs 1)" in err and "{k} and {seed}" in err
     status = eval_main(["downstream", *[c for c in COMMON if "holdout" not in c], "--out", str(tmp_path / "r")])

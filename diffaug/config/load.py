@@ -196,6 +196,9 @@ def validate(cfg: DictConfig) -> None:
     _require(_scale_ok(s.guidance_scale), "sampling.guidance_scale", s.guidance_scale, GUIDANCE_RANGE)
     bad_scales = {name: scale for name, scale in s.class_guidance.items() if not _scale_ok(scale)}
     _require(not bad_scales, "sampling.class_guidance", bad_scales, f"every scale {GUIDANCE_RANGE}")
+    gi = s.guidance_interval
+    _require(gi is None or (len(gi) == 2 and 0 <= gi[0] < gi[1]), "sampling.guidance_interval",
+             None if gi is None else list(gi), "must be [lo, hi] with 0 <= lo < hi (EDM sigma), or null")
     _require(e.shard_size >= 1, "export.shard_size", e.shard_size, "must be at least 1")
     _require(0.0 <= e.min_confidence <= 1.0, "export.min_confidence", e.min_confidence, "must be in [0, 1]")
     _require(e.dedup_threshold is None or e.dedup_threshold >= 0, "export.dedup_threshold",

@@ -106,6 +106,9 @@ class SamplingConfig:
     steps: int = 50
     guidance_scale: float = 1.0
     class_guidance: dict[str, float] = field(default_factory=dict)  # per-class scale overrides
+    # [lo, hi]: guide only where EDM's sigma (= sigma / alpha of the process) is in (lo, hi]; None: everywhere.
+    # Kynkaanniemi et al. 2024 found [0.28, 5.42] best for EDM2 (see diffusion.samplers.sample).
+    guidance_interval: Optional[list[float]] = None
     sampler_args: dict[str, Any] = field(default_factory=dict)  # e.g. {eta: 0.5} for DDIM
     clip_x0: bool = True  # clamp each x0 prediction to the image range [-1, 1] (see diffusion.samplers.sample)
     batch_size: int = 64
@@ -186,9 +189,10 @@ class DownstreamConfig:
     # erase, mixup, cutmix, joined with +); the arms with +aug reuse its choice.
     augment: list[str] = field(default_factory=lambda: ["crop", "crop+erase", "trivial+crop", "crop+cutmix"])
     aug_hflip: bool = False  # whether left-right flips keep the class (clothing yes, digits no)
-    # The augmentation set of each cell; {k} and {seed} are filled in, so every cell uses a set made by a
-    # model trained on exactly its k-shot images. None: eval.export_dir, export.out_dir, else <run_dir>/export.
-    synthetic: Optional[str] = None
+    # The candidate augmentation sets of each cell (e.g. exports at several guidance scales or checkpoints;
+    # validation chooses); {k} and {seed} are filled in, so every cell uses sets made by a model trained on
+    # exactly its k-shot images. Empty: eval.export_dir, export.out_dir, else <run_dir>/export.
+    synthetic: list[str] = field(default_factory=list)
     # Candidate ways to use the synthetic set, the grid chosen from on validation:
     syn_ratio: list[float] = field(default_factory=lambda: [1.0])  # synthetic images per real image per batch
     syn_weight: list[float] = field(default_factory=lambda: [1.0])  # loss weight of a synthetic image

@@ -31,11 +31,14 @@ def _out_dir(cfg: DictConfig, given: str | None, leaf: str) -> Path:
     return Path(given) if given else Path(cfg.eval.out_dir or Path(cfg.run_dir) / "eval") / leaf
 
 
-def _synthetic_source(cfg: DictConfig, args: argparse.Namespace, *, holdout: tuple[int, int]):
-    from diffaug.evaluation.downstream import ExportPattern
+def _synthetic_sources(cfg: DictConfig, args: argparse.Namespace, *, holdout: tuple[int, int]):
+    """Set name -> ExportPattern of every candidate synthetic set (--export, else eval.downstream.synthetic)."""
+    from diffaug.evaluation.downstream import ExportPattern, set_names
 
-    pattern = str(args.export or cfg.eval.downstream.synthetic or _export_dir(cfg, None))
-    return ExportPattern(pattern, str(cfg.data.source), int(cfg.data.resolution), int(cfg.data.channels), holdout)
+    patterns = [args.export] if args.export else [str(p) for p in cfg.eval.downstream.synthetic]
+    patterns = patterns or [str(_export_dir(cfg, None))]
+    return {name: ExportPattern(pattern, str(cfg.data.source), int(cfg.data.resolution), int(cfg.data.channels),
+                                holdout) for name, pattern in zip(set_names(patterns), patterns)}
 
 
 def _downstream_spec(cfg: DictConfig):
@@ -70,7 +73,7 @@ def _downstream(cfg: DictConfig, args: argparse.Namespace, *, tune_only: bool = 
         )
     holdout = (int(cfg.data.holdout_per_class), int(cfg.data.holdout_seed))
     pool = Pool(real_split(cfg, split="train"), *holdout)
-    synthetic = (_synthetic_source(cfg, args, holdout=holdout)
+    synthetic = (_synthetic_sources(cfg, args, holdout=holdout)
                  if any(ARMS[a].synthetic for a in spec.arms) else None)
     test = None if tune_only else real_split(cfg, split=s.test_split, max_items=s.test_max_items)
     result = run_downstream(pool=pool, test=test, synthetic=synthetic, spec=spec, device=resolve_device(s.device),

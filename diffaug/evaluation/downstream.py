@@ -289,26 +289,29 @@ class BenchmarkSpec:
         return max(self.recipe.steps, math.ceil(self.epochs * n_images / self.recipe.batch_size))
 
 
-SyntheticSource = Callable[[int, int], LabelledImages]  # (k, seed) -> the synthetic set of that cell
+SyntheticSource = Callable[[int, int], LabelledImages]  # (k, seed) -> one synthetic set of that cell
 
 
 def run_downstream(
     *,
     pool: Pool,
     test: LabelledImages | None,
-    synthetic: SyntheticSource | None,
+    synthetic: dict[str, SyntheticSource] | None,
     spec: BenchmarkSpec,
     device: str | torch.device = "cpu",
     workers: int = 1,
 ) -> DownstreamResult:
     """Every arm of every (k, seed) cell; ``test=None`` tunes on validation only and never reads a test split.
 
-    ``workers`` > 1 runs cells in that many processes of one CPU thread each (``synthetic`` must then be
-    picklable, e.g. :class:`ExportPattern`); a cell's result does not depend on where it ran.
+    ``synthetic`` names the candidate sets of each cell (e.g. exports at several guidance scales, from several
+    checkpoints, or real-guided at several strengths): every synthetic arm tries each set with each setting,
+    and validation chooses. ``workers`` > 1 runs cells in that many processes of one CPU thread each (the
+    sources must then be picklable, e.g. :class:`ExportPattern`); a cell's result does not depend on where
+    it ran.
     """
     if test is not None and test.class_map != pool.train.class_map:
         raise ValueError(f"test classes {test.class_map.names} differ from training classes {pool.train.class_map.names}")
-    if any(ARMS[a].synthetic for a in spec.arms) and synthetic is None:
+    if any(ARMS[a].synthetic for a in spec.arms) and not synthetic:
         needs = [a for a in spec.arms if ARMS[a].synthetic]
         raise ValueError(f"arms {needs} need a synthetic set (eval.downstream.synthetic); drop them or give one")
     if workers < 1:
@@ -327,7 +330,7 @@ def run_downstream(
             outcomes = list(executor.map(_run_cell, *zip(*jobs)))
     runs = [r for outcome in outcomes for r in outcome[0]]
     candidates = [c for outcome in outcomes for c in outcome[1]]
-    memorisation = [outcome[2] for outcome in outcomes if outcome[2] is not None]
+    memorisation = [m for outcome in outcomes for m in outcome[2]]
     settings = {
         "classifier": spec.classifier, "classifier_args": dict(spec.classifier_args), "recipe": asdict(spec.recipe),
         "epochs": spec.epochs, "augment": list(spec.augment), "hflip": spec.hflip,
@@ -339,25 +342,36 @@ def run_downstream(
 
 
 def _run_cell(
-    pool: Pool, k: int, seed: int, test: LabelledImages | None, synthetic: SyntheticSource | None,
+    pool: Pool, k: int, seed: int, test: LabelledImages | None, synthetic: dict[str, SyntheticSource] | None,
     spec: BenchmarkSpec, device: torch.device,
-) -> tuple[list[RunResult], list[Candidate], dict[str, Any] | None]:
+) -> tuple[list[RunResult], list[Candidate], list[dict[str, Any]]]:
     if not logging.getLogger().handlers:  # a spawned worker: keep the progress lines
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cell = _Cell(pool, k, seed, pool.validation(), test, spec, device)
-    memorisation = None
-    if synthetic is not None and any(ARMS[a].synthetic for a in spec.arms):
-        cell.synthetic = synthetic(k, seed).aligned_to(pool.train.class_map)
-        _check_synthetic(cell.synthetic, cell.real(1))
+    memorisation = []
+    if synthetic and any(ARMS[a].synthetic for a in spec.arms):
         from diffaug.evaluation.memorisation import memorisation_report
 
-        memorisation = {"k": k, "seed": seed, **memorisation_report(cell.synthetic, cell.real(1))}
+        for name, source in synthetic.items():
+            cell.sets[name] = source(k, seed).aligned_to(pool.train.class_map)
+            _check_synthetic(cell.sets[name], cell.real(1))
+            memorisation.append({"k": k, "seed": seed, "set": name,
+                                 **memorisation_report(cell.sets[name], cell.real(1))})
     runs, candidates = [], []
     for arm in spec.arms:
         run, tried = cell.run_arm(arm)
         runs.append(run)
         candidates.extend(tried)
     return runs, candidates, memorisation
+
+
+def set_names(patterns: Sequence[str]) -> list[str]:
+    """Short unique names for export patterns: the last path component, or more of the path where those clash."""
+    for depth in range(1, 1 + max(len(Path(p).parts) for p in patterns)):
+        names = ["/".join(Path(p).parts[-depth:]) for p in patterns]
+        if len(set(names)) == len(names):
+            return names
+    raise ValueError(f"synthetic set patterns repeat: {list(patterns)}")
 
 
 @dataclass(frozen=True)
@@ -395,29 +409,28 @@ class _Cell:
     def __init__(self, pool: Pool, k: int, seed: int, val: LabelledImages, test: LabelledImages | None,
                  spec: BenchmarkSpec, device: torch.device):
         self.pool, self.k, self.seed, self.val, self.test, self.spec, self.device = pool, k, seed, val, test, spec, device
-        self.synthetic: LabelledImages | None = None
+        self.sets: dict[str, LabelledImages] = {}  # the candidate synthetic sets by name
         self._real: dict[int, LabelledImages] = {}
         self.chosen_augment: str | None = None
         self.real_models: list[torch.nn.Module] = []  # every classifier trained on the k real images alone
-        self._teacher: torch.Tensor | None = None
+        self._teacher: dict[str, torch.Tensor] = {}
 
     def real(self, multiple: int) -> LabelledImages:
         if multiple not in self._real:
             self._real[multiple] = self.pool.kshot(multiple * self.k, self.seed)
         return self._real[multiple]
 
-    def teacher_probs(self) -> torch.Tensor:
+    def teacher_probs(self, name: str) -> torch.Tensor:
         """(N_syn, K): the mean softmax over the cell's real-only classifiers (an ensemble that never saw a
-        synthetic or validation image) for each synthetic image."""
-        if self._teacher is None:
+        synthetic or validation image) for each image of synthetic set ``name``."""
+        if name not in self._teacher:
             if not self.real_models:
                 raise ValueError("a teacher filter or soft labels need the real or real+aug arm, whose classifiers "
                                  "form the teacher; add one of them to the arms")
-            assert self.synthetic is not None
-            self._teacher = torch.stack(
-                [predict_proba(m, self.synthetic.images, device=self.device) for m in self.real_models]
+            self._teacher[name] = torch.stack(
+                [predict_proba(m, self.sets[name].images, device=self.device) for m in self.real_models]
             ).mean(dim=0)
-        return self._teacher
+        return self._teacher[name]
 
     def _fit(self, *, real: LabelledImages | None, synthetic: LabelledImages | None, augment: str | None,
              setting: SyntheticSetting | None, targets: torch.Tensor | None) -> FitResult:
@@ -439,10 +452,13 @@ class _Cell:
             recipes = self.spec.augment if arm_name == "real+aug" else [self.chosen_augment] if arm.augment else [None]
             return [(recipe or "none", {"augment": recipe, "setting": None}) for recipe in recipes]
         augment = self.chosen_augment if arm.augment else None
-        if arm.real == 0:  # the diagnostic: the set as exported, nothing tuned
-            return [("as exported", {"augment": None, "setting": None})]
-        return [(s.describe() + (f", {augment}" if augment else ""), {"augment": augment, "setting": s})
-                for s in self.spec.synthetic]
+        prefix = (lambda name: f"{name}: ") if len(self.sets) > 1 else (lambda name: "")
+        if arm.real == 0:  # the diagnostic: each set as exported, nothing else tuned
+            return [(prefix(name) + "as exported", {"augment": None, "setting": None, "set": name})
+                    for name in self.sets]
+        return [(prefix(name) + s.describe() + (f", {augment}" if augment else ""),
+                 {"augment": augment, "setting": s, "set": name})
+                for name in self.sets for s in self.spec.synthetic]
 
     def run_arm(self, arm_name: str) -> tuple[RunResult, list[Candidate]]:
         arm = ARMS[arm_name]
@@ -450,7 +466,8 @@ class _Cell:
         tried: list[tuple[Candidate, FitResult]] = []
         for label, options in self._candidates(arm_name):
             start = time.perf_counter()
-            synthetic, targets = self._synthetic_for(options["setting"]) if arm.synthetic else (None, None)
+            synthetic, targets = (self._synthetic_for(options["set"], options["setting"]) if arm.synthetic
+                                  else (None, None))
             if arm.synthetic and synthetic is None:
                 logger.warning("k=%d seed %d %s [%s]: the teacher filter keeps no synthetic image; candidate skipped",
                                self.k, self.seed, arm_name, label)
@@ -483,19 +500,19 @@ class _Cell:
         return run, [c for c, _ in tried]
 
     def _synthetic_for(
-        self, setting: SyntheticSetting | None
+        self, name: str, setting: SyntheticSetting | None
     ) -> tuple[LabelledImages | None, torch.Tensor | None]:
-        """The synthetic images (and soft targets) a setting trains on; (None, None) if its filter keeps none."""
-        assert self.synthetic is not None
+        """The images of set ``name`` (and soft targets) a setting trains on; (None, None) if its filter keeps none."""
+        images = self.sets[name]
         if setting is None or not setting.needs_teacher:
-            return self.synthetic, None
-        probs = self.teacher_probs()  # (N, K)
-        keep = torch.ones(len(self.synthetic), dtype=torch.bool)
+            return images, None
+        probs = self.teacher_probs(name)  # (N, K)
+        keep = torch.ones(len(images), dtype=torch.bool)
         if setting.filter is not None:
-            keep = probs[torch.arange(len(probs)), self.synthetic.labels] >= setting.filter
+            keep = probs[torch.arange(len(probs)), images.labels] >= setting.filter
             if not keep.any():
                 return None, None
-        kept = self.synthetic.subset(keep)
+        kept = images.subset(keep)
         return kept, (probs[keep] if setting.labels == "soft" else None)
 
 
@@ -634,8 +651,8 @@ def write_report(result: DownstreamResult, out_dir: str | Path, *, title: str = 
         lines += ["## Memorisation", "",
                   "Share of synthetic images whose nearest k-shot training image is under a third of the distance to "
                   "the second nearest (Gu et al. 2023), in pixel space:", "",
-                  "| k | seed | synthetic | near copies | share |", "|---|---|---|---|---|"]
-        lines += [f"| {m['k']} | {m['seed']} | {m['n']} | {m['near_copies']} | {100 * m['share']:.2f} % |"
+                  "| k | seed | set | synthetic | near copies | share |", "|---|---|---|---|---|---|"]
+        lines += [f"| {m['k']} | {m['seed']} | {m['set']} | {m['n']} | {m['near_copies']} | {100 * m['share']:.2f} % |"
                   for m in result.memorisation]
         lines.append("")
     if tested:

@@ -192,6 +192,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, callbacks: list[Callback], 
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,
+        # Deterministic algorithms on request; else cuDNN autotunes (fixed shapes: a one-off cost). Both set
+        # process-wide by Lightning, and put back after the fit by cuda_math.
+        deterministic=bool(t.deterministic),
+        benchmark=not t.deterministic and uses_cuda(t.accelerator),
         gradient_clip_val=t.grad_clip,
         accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps,
@@ -201,10 +205,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, callbacks: list[Callback], 
         limit_val_batches=None if has_val else 0,
         num_sanity_val_steps=0,
         callbacks=callbacks,
-        # Deterministic algorithms on request; else cuDNN autotunes (fixed shapes: a one-off cost). Both set
-        # process-wide by Lightning, and put back after the fit by cuda_math.
-        deterministic=bool(t.deterministic),
-        benchmark=not t.deterministic and uses_cuda(t.accelerator),
         logger=loggers or False,
         enable_progress_bar=cfg.logging.progress_bar,
         enable_model_summary=False,
