@@ -33,6 +33,7 @@ from diffaug.cluster.requeue import JobRequeued, slurm_training_extras
 from diffaug.config import ConfigError, config_hash, save_config, to_dict
 from diffaug.hardware import cuda_math, uses_cuda
 from diffaug.training.callbacks import SampleGrid, StepProgressBar, Throughput
+from diffaug.training.console import quiet_lightning
 from diffaug.training.data import DataPositionCallback, ResumableDataModule
 from diffaug.training.module import NonFiniteLossError
 
@@ -262,14 +263,14 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     loggers = build_loggers(cfg, run_dir)
     own_callbacks, best = build_callbacks(cfg, run_dir, has_val=has_val, class_names=class_names,
                                           with_logger=bool(loggers))
-    # Under srun: SLURM ranks, and on SIGUSR1 a checkpoint + requeue (the requeued job resumes from it).
-    plugins, slurm_callbacks = slurm_training_extras(requeue=cfg.cluster.requeue, run_dir=run_dir)
     math = cuda_math(enabled=uses_cuda(t.accelerator), tf32=bool(t.tf32), deterministic=bool(t.deterministic))
     if resume_path is not None:
         logger.info("resuming from %s", resume_path)
     succeeded = False
     try:
-        with math, warnings.catch_warnings():
+        with math, quiet_lightning():
+            # Under srun: SLURM ranks, and on SIGUSR1 a checkpoint + requeue (the requeued job resumes from it).
+            plugins, slurm_callbacks = slurm_training_extras(requeue=cfg.cluster.requeue, run_dir=run_dir)
             trainer = build_trainer(cfg, run_dir, callbacks=[*own_callbacks, *slurm_callbacks, *callbacks],
                                     loggers=loggers, has_val=has_val, plugins=plugins)
             if resume_path is not None:  # a resumed run's checkpoint folder is not empty, by design

@@ -1,0 +1,50 @@
+"""Lightning's console notes that say nothing about a diffaug run, silenced by their exact text for one fit.
+
+Each filter names one message and its category or logger; every other warning, Lightning's included, stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+# Lightning 2.6 advertises its hosted logger through rank_zero_info on every Trainer without one.
+_TIP = "💡 Tip: For seamless cloud logging"
+# lightning.fabric and lightning.pytorch each point lightning_utilities' rank_zero_info at their own logger.
+_TIP_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class _DropTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TIP)
+
+
+@contextmanager
+def quiet_lightning(env: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Inside: no srun hint outside a SLURM job, no litlogger tip, no pytree deprecation from Lightning.
+
+    The srun hint stays inside a SLURM job (``SLURM_JOB_ID`` set): there, a python command not launched by
+    ``srun`` is the mistake it warns about. Outside one it fires merely because ``srun`` is installed.
+    """
+    env = os.environ if env is None else env
+    tip = _DropTip()
+    loggers = [logging.getLogger(name) for name in _TIP_LOGGERS]
+    with warnings.catch_warnings():
+        if not env.get("SLURM_JOB_ID"):
+            warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is "
+                                    "not used", category=PossibleUserWarning)
+        # torch 2.10 deprecates LeafSpec(); Lightning's CombinedLoader still builds one (torch-side noise only).
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+        for lg in loggers:
+            lg.addFilter(tip)
+        try:
+            yield
+        finally:
+            for lg in loggers:
+                lg.removeFilter(tip)
