@@ -208,6 +208,10 @@ def validate(cfg: DictConfig) -> None:
     _require(not bad_formats and len(e.formats) > 0, "export.formats", list(e.formats),
              "choose one or both of: folder, shards")
     _check_registry_names(cfg)
+    if t.trainer_args:  # imports Lightning, which a config without them need not
+        from diffaug.training.run import check_trainer_args
+
+        check_trainer_args(OmegaConf.to_container(t.trainer_args))
 
 
 def _check_registry_names(cfg: DictConfig) -> None:

@@ -98,6 +98,9 @@ class TrainingConfig:
     init_from: Optional[str] = None  # fine-tune: start from this checkpoint's weights
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze when fine-tuning
     lora_rank: int = 0
+    # lightning.Trainer options diffaug has no key for (profiler, detect_anomaly, barebones, ...), passed as
+    # they are; checked against the Trainer's signature, and names diffaug sets from its own keys are refused.
+    trainer_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
