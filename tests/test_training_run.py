@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import csv
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffaug.checkpoint import load_for_inference
+from diffaug.checkpoint import CheckpointError, load_for_inference
 from diffaug.config import ConfigError, config_hash, to_dict
 from diffaug.diffusion import sample
-from diffaug.training import lr_factor, train
+from diffaug.training import DiffusionModule, lr_factor, train
 from tests.training_helpers import one_torch_thread, state_of, tiny_config  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -115,3 +116,25 @@ def test_unlabelled_data_trains_an_unconditional_model(tmp_path):
     assert not denoiser.conditional and denoiser.net.cond.classes is None
     with Image.open(result.run_dir / "samples" / "step_0000002.png") as grid:
         assert grid.size == (8 * 9 + 1, 1 * 9 + 1)  # one row
+
+
+class _KeepModule(pl.Callback):
+    def on_train_end(self, trainer, pl_module):
+        self.module = pl_module
+
+
+def test_load_from_checkpoint_rebuilds_the_trained_module(tmp_path):
+    keep = _KeepModule()
+    result = train(tiny_config(tmp_path, "training.max_steps=2"), callbacks=[keep])
+    loaded = DiffusionModule.load_from_checkpoint(result.last_checkpoint)
+    assert type(loaded.objective) is type(keep.module.objective)
+    assert int(loaded.ema.images_seen) == int(keep.module.ema.images_seen) == 16
+    x_t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.full((4,), 500.0)
+    labels = torch.tensor([0, 3, 7, 10])
+    with torch.no_grad():
+        for name in ("denoiser", "ema"):
+            trained, rebuilt = (getattr(m, name).eval() for m in (keep.module, loaded))
+            assert torch.equal(trained(x_t, t, labels), rebuilt(x_t, t, labels)), name
+    with pytest.raises(CheckpointError, match="only the EMA weights"):
+        DiffusionModule.load_from_checkpoint(result.weights)

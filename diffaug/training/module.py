@@ -13,13 +13,16 @@ an uninterrupted run would take.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from diffaug.checkpoint import CHECKPOINT_KEY
+from diffaug.checkpoint import (CHECKPOINT_KEY, CheckpointError, load_state_strictly,
+                                read_lightning_checkpoint)
+from diffaug.config import config_from_dict
 from diffaug.diffusion.denoiser import Denoiser
 from diffaug.diffusion.losses import Objective, drop_labels
 from diffaug.training.data import derive_seed
@@ -261,3 +264,30 @@ class DiffusionModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.metadata
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike,
+                             map_location: str | torch.device = "cpu", **unused: Any) -> DiffusionModule:
+        """The module of a diffaug ``.ckpt``, networks included, from the file alone.
+
+        Lightning's own version calls ``__init__`` with ``checkpoint["hyper_parameters"]``; this module's
+        networks are built from the resolved config the checkpoint carries (``checkpoint["diffaug"]``)
+        instead, so nothing but tensors and plain data is unpickled (``weights_only=True``), and the live
+        weights, the EMA and its image count are loaded strictly. For inference alone,
+        :func:`diffaug.checkpoint.load_for_inference` loads the EMA denoiser without the training wrapper.
+        """
+        from diffaug.build import build_module, conditional_num_classes  # build imports this module
+
+        if unused:
+            raise TypeError(f"DiffusionModule.load_from_checkpoint takes no {sorted(unused)}: the networks and "
+                            "settings come from the config stored in the checkpoint")
+        if str(checkpoint_path).endswith(".safetensors"):
+            raise CheckpointError(f"{checkpoint_path} holds only the EMA weights; load a run's .ckpt here, or "
+                                  "this file with diffaug.checkpoint.load_for_inference")
+        checkpoint = read_lightning_checkpoint(checkpoint_path, map_location)
+        meta = checkpoint[CHECKPOINT_KEY]
+        class_names = list(meta["class_names"])
+        module = build_module(config_from_dict(meta["config"]), conditional_num_classes(class_names),
+                              class_names, init_weights=False)
+        load_state_strictly(module, checkpoint["state_dict"], source=str(checkpoint_path))
+        return module.to(map_location)
