@@ -27,3 +27,24 @@ def test_offline_run_logs_metrics_and_keeps_its_id_on_resume(tmp_path, monkeypat
                 b"ema_halflife_kimg", b"samples"):
         assert key in first, key
     assert list(runs[0].rglob("media/images/samples_*.png"))
+
+
+def test_quality_report_gets_its_own_offline_run_without_reinit(tmp_path, monkeypatch, capfd, recwarn):
+    import wandb
+
+    from diffaug.config import load_config
+    from diffaug.evaluation.cli import _log_quality_to_wandb
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = load_config([], ["name=q", "logging.logger=wandb", "logging.mode=offline"])
+    wandb.init(project="p", mode="offline", name="left-open")  # e.g. from a train() in the same process
+    _log_quality_to_wandb(cfg, {"overall": {"fid": 12.5, "n": 3}, "per_class": {"cat": {"fid": 20.0}}})
+    assert wandb.run is None  # both finished; return_previous (the default) would have logged into the first
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    logged = b"".join(p.read_bytes() for r in runs for p in r.rglob("*.wandb"))
+    assert b"quality/fid" in logged and b"quality/cat/fid" in logged
+    said = capfd.readouterr()
+    assert "reinit" not in said.out + said.err
+    assert not [w for w in recwarn if "reinit" in str(w.message)]

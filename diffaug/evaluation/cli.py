@@ -92,6 +92,19 @@ def _tune(cfg: DictConfig, args: argparse.Namespace) -> int:
     return _downstream(cfg, args, tune_only=True)
 
 
+def _log_quality_to_wandb(cfg: DictConfig, report: dict) -> None:
+    """One W&B run of its own for the report; a run still open in this process is finished first (what the
+    deprecated ``reinit=True`` did)."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+    with wandb.init(project=cfg.logging.project, entity=cfg.logging.entity, mode=cfg.logging.mode,
+                    name=f"{cfg.name}-quality", job_type="quality") as run:
+        run.log({f"quality/{key}": value for key, value in report["overall"].items() if isinstance(value, float)}
+                | {f"quality/{name}/fid": m["fid"] for name, m in report["per_class"].items()})
+
+
 def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
     from diffaug.evaluation.features import FEATURE_EXTRACTORS
     from diffaug.evaluation.quality import sample_quality, write_quality_report
@@ -112,13 +125,7 @@ def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
     )
     paths = write_quality_report(report, _out_dir(cfg, args.out, "quality"))
     if cfg.logging.logger == "wandb":
-        import wandb
-
-        run = wandb.init(project=cfg.logging.project, entity=cfg.logging.entity, mode=cfg.logging.mode,
-                         name=f"{cfg.name}-quality", job_type="quality", reinit=True)
-        run.log({f"quality/{key}": value for key, value in report["overall"].items() if isinstance(value, float)}
-                | {f"quality/{name}/fid": m["fid"] for name, m in report["per_class"].items()})
-        run.finish()
+        _log_quality_to_wandb(cfg, report)
     print(paths["report"].read_text())
     print(json.dumps(report["overall"]))
     return 0
