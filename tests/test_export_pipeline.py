@@ -394,3 +394,27 @@ def test_curation_drops_what_the_classifier_rejects_and_flags_training_copies(
         "images/cat/000001.png",
         "images/bird/000004.png",
     }
+
+
+def test_dataset_card_front_matter_loads_with_hugging_face_datasets(reference, tmp_path):
+    import yaml
+
+    text = (reference / "dataset_card.md").read_text()
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert meta["license"] == "unknown" and meta["task_categories"] == ["image-classification"]
+    assert meta["size_categories"] == ["n<1K"]
+    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "images/**"}]}]
+    names = meta["dataset_info"]["features"][1]["dtype"]["class_label"]["names"]
+    assert names == {"0": "bird", "1": "cat", "2": "dog"}  # imagefolder's numbering: sorted folder names
+    card = json.loads((reference / "dataset_card.json").read_text())
+    assert meta["diffaug"]["class_names"] == list(NAMES)
+    assert meta["diffaug"]["checkpoint_sha256"] == card["checkpoint_sha256"]
+    assert meta["diffaug"]["config_hash"] == card["config_hash"]
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(reference), cache_dir=str(tmp_path), split="train")
+    assert loaded.num_rows == 18  # the PNGs only: shards and manifests are not images
+    assert loaded.features["label"].names == [names[str(i)] for i in range(3)]
+    paths = loaded.cast_column("image", datasets.Image(decode=False))["image"]
+    for row, image in zip(loaded, paths):
+        assert Path(image["path"]).parent.name == loaded.features["label"].int2str(row["label"])

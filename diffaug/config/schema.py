@@ -142,6 +142,9 @@ class ExportConfig:
     dedup_action: Literal["flag", "drop"] = "flag"
     dedup_features: Optional[str] = None  # TorchScript feature extractor; None: RMS pixel distance
     dedup_reference: Optional[str] = None  # image folder to compare with; None: the checkpoint's training data
+    # The set's license in its dataset card (a Hugging Face license id): the images derive from the training
+    # data and the model, so only the user can say; "unknown" until they do.
+    license: str = "unknown"
 
 
 @dataclass
