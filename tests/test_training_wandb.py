@@ -38,8 +38,9 @@ def test_quality_report_gets_its_own_offline_run_without_reinit(tmp_path, monkey
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     cfg = load_config([], ["name=q", "logging.logger=wandb", "logging.mode=offline"])
-    wandb.init(project="p", mode="offline", name="left-open")  # e.g. from a train() in the same process
-    _log_quality_to_wandb(cfg, {"overall": {"fid": 12.5, "n": 3}, "per_class": {"cat": {"fid": 20.0}}})
+    # Explicit dirs: wandb reads WANDB_DIR once per process, so an earlier test's setting would win.
+    wandb.init(project="p", mode="offline", name="left-open", dir=str(tmp_path))  # e.g. from an earlier train()
+    _log_quality_to_wandb(cfg, {"overall": {"fid": 12.5, "n": 3}, "per_class": {"cat": {"fid": 20.0}}}, tmp_path)
     assert wandb.run is None  # both finished; return_previous (the default) would have logged into the first
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2

@@ -92,15 +92,16 @@ def _tune(cfg: DictConfig, args: argparse.Namespace) -> int:
     return _downstream(cfg, args, tune_only=True)
 
 
-def _log_quality_to_wandb(cfg: DictConfig, report: dict) -> None:
-    """One W&B run of its own for the report; a run still open in this process is finished first (what the
-    deprecated ``reinit=True`` did)."""
+def _log_quality_to_wandb(cfg: DictConfig, report: dict, directory: Path | None = None) -> None:
+    """One W&B run of its own for the report (files under ``directory``/wandb, else wandb's default); a run
+    still open in this process is finished first (what the deprecated ``reinit=True`` did)."""
     import wandb
 
     if wandb.run is not None:
         wandb.finish()
     with wandb.init(project=cfg.logging.project, entity=cfg.logging.entity, mode=cfg.logging.mode,
-                    name=f"{cfg.name}-quality", job_type="quality") as run:
+                    name=f"{cfg.name}-quality", job_type="quality",
+                    dir=None if directory is None else str(directory)) as run:
         run.log({f"quality/{key}": value for key, value in report["overall"].items() if isinstance(value, float)}
                 | {f"quality/{name}/fid": m["fid"] for name, m in report["per_class"].items()})
 
