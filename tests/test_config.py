@@ -123,6 +123,18 @@ def test_saved_config_round_trips_and_hash_tracks_values(tmp_path):
     assert config_hash(load_config([], ["name=x", "training.max_steps=4"])) != config_hash(cfg)
 
 
+def test_one_string_where_a_list_is_expected_becomes_a_one_item_list(tmp_path):
+    # A command-line value, and a config saved when the key still held one string, both load.
+    cfg = load_config([], ["eval.downstream.synthetic=runs/a/export"])
+    assert list(cfg.eval.downstream.synthetic) == ["runs/a/export"]
+    saved = to_dict(load_config([], ["name=old"]))
+    saved["eval"]["downstream"]["synthetic"] = "runs/{k}/export"
+    assert list(config_from_dict(saved).eval.downstream.synthetic) == ["runs/{k}/export"]
+    assert list(load_config([], ["eval.downstream.synthetic=[a,b]"]).eval.downstream.synthetic) == ["a", "b"]
+    with pytest.raises(ConfigError, match="eval.downstream.syn_ratio"):
+        load_config([], ["eval.downstream.syn_ratio=fast"])  # a string is still no list of floats
+
+
 def test_every_shipped_config_file_loads():
     files = sorted(CONFIGS.rglob("*.yaml"))
     assert len(files) >= 5

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from diffaug.config.schema import Config
@@ -110,9 +110,30 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     return ConfigError(f"invalid value for config key {key!r} (from {source}): {message}")
 
 
+def _scalars_to_lists(cfg: DictConfig, update: Any) -> Any:
+    """A single string where the schema wants a list of them becomes a one-item list.
+
+    ``eval.downstream.synthetic=runs/x/export`` on a command line, and configs saved before a key became a
+    list, then load instead of failing with OmegaConf's "AnyNode is not a ListConfig".
+    """
+    if isinstance(update, DictConfig):
+        update = OmegaConf.to_container(update, resolve=False)  # keeps ${...} for the merge to resolve
+    if not isinstance(update, dict):
+        return update
+    out = {}
+    for key, value in update.items():
+        node = cfg._get_node(key) if isinstance(cfg, DictConfig) and key in cfg else None
+        if isinstance(node, DictConfig):
+            value = _scalars_to_lists(node, value)
+        elif isinstance(node, ListConfig) and isinstance(value, str):
+            value = [value]
+        out[key] = value
+    return out
+
+
 def _merge(cfg: DictConfig, update: Any, source: str) -> DictConfig:
     try:
-        return OmegaConf.merge(cfg, update)  # type: ignore[return-value]
+        return OmegaConf.merge(cfg, _scalars_to_lists(cfg, update))  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         raise _explain(err, source) from None
 
