@@ -328,3 +328,30 @@ def test_cells_in_parallel_processes_give_the_same_results(pool):
     parallel = ds.run_downstream(pool=pool, test=test, synthetic=None, spec=spec, device="cpu", workers=2)
     assert [(r.arm, r.seed, r.val, r.accuracy) for r in parallel.runs] == [(r.arm, r.seed, r.val, r.accuracy)
                                                                           for r in serial.runs]
+
+
+def test_fit_cache_reuses_identical_fits_bit_for_bit_and_trains_only_what_changed(pool, tmp_path, monkeypatch):
+    test = load_real(source="sklearn_digits", path=None, split="test", resolution=8, channels=1)
+    trained = {"n": 0}
+    original = ds.fit_classifier
+
+    def counting(*args, **kwargs):
+        trained["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ds, "fit_classifier", counting)
+    recipe = Recipe(steps=20, batch_size=16, eval_every=10)
+    plain = ds.run_downstream(pool=pool, test=test, synthetic=None, spec=_spec(recipe=recipe), device="cpu")
+    assert trained["n"] == 3  # real, and real+aug's two recipes
+    cache = tmp_path / "cache"
+    first = ds.run_downstream(pool=pool, test=test, synthetic=None, device="cpu",
+                              spec=_spec(recipe=recipe, cache_dir=str(cache)))
+    assert trained["n"] == 6 and len(list(cache.glob("*.json"))) == 3
+    again = ds.run_downstream(pool=pool, test=test, synthetic=None, device="cpu",
+                              spec=_spec(recipe=recipe, cache_dir=str(cache), arms=["real", "real+aug", "real2x"]))
+    assert trained["n"] == 7  # only real2x is new
+    rows = lambda result: [(r.arm, r.setting, r.val, r.accuracy, r.per_class, r.best_step) for r in result.runs]
+    assert rows(first) == rows(plain) and rows(again)[:2] == rows(plain)  # the same bits, cached or not
+    ds.run_downstream(pool=pool, test=test, synthetic=None, device="cpu",
+                      spec=_spec(recipe=Recipe(steps=30, batch_size=16, eval_every=10), cache_dir=str(cache)))
+    assert trained["n"] == 10  # another budget is another classifier

@@ -208,6 +208,9 @@ class DownstreamConfig:
     test_max_items: Optional[int] = None  # None: the whole test split
     device: str = "auto"
     workers: int = 1  # cells trained in parallel, one process of one CPU thread each
+    # Trained classifiers kept here and reused when every input is the same (evaluation/fitcache.py): a second
+    # run with one more synthetic set trains only the new candidates. None: train everything every time.
+    cache: Optional[str] = None
 
 
 @dataclass

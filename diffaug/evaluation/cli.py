@@ -57,6 +57,7 @@ def _downstream_spec(cfg: DictConfig):
         hflip=bool(s.aug_hflip), epochs=None if s.epochs is None else float(s.epochs),
         synthetic=synthetic_grid(list(s.syn_ratio), list(s.syn_weight), list(s.syn_filter), list(s.syn_labels)),
         classifier=str(s.classifier), classifier_args=dict(s.classifier_args),
+        cache_dir=None if s.cache is None else str(s.cache),
     )
 
 

@@ -46,6 +46,7 @@ from diffaug.data import select_indices
 from diffaug.evaluation.augment import Augmenter, parse_recipe
 from diffaug.evaluation.classifiers import build_classifier
 from diffaug.evaluation.data import LabelledImages
+from diffaug.evaluation.fitcache import FitCache, tensor_digest
 from diffaug.evaluation.recipe import FitResult, Recipe, SyntheticMix, evaluate_classifier, fit_classifier, predict_proba
 
 logger = logging.getLogger(__name__)
@@ -268,6 +269,7 @@ class BenchmarkSpec:
     epochs: float | None = None  # passes over an arm's real images; raises recipe.steps where it is short
     classifier: str = "small-cnn"
     classifier_args: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None  # trained classifiers reused across runs (fitcache.py); None: always train
 
     def __post_init__(self) -> None:
         self.arms = check_arms(self.arms)
@@ -443,8 +445,25 @@ class _Cell:
             aug = None if augment is None else Augmenter(augment, size=self.pool.train.images.shape[-1],
                                                          hflip=self.spec.hflip)
             mix = SyntheticMix() if setting is None else SyntheticMix(setting.ratio, setting.weight)
-            return fit_classifier(model, real=real, synthetic=synthetic, augment=aug, recipe=recipe, seed=self.seed,
-                                  device=self.device, mix=mix, synthetic_targets=targets, val=self.val)
+            cache = key = None
+            if self.spec.cache_dir is not None:
+                cache = FitCache(self.spec.cache_dir)
+                key = cache.key({
+                    "classifier": self.spec.classifier, "classifier_args": self.spec.classifier_args,
+                    "recipe": asdict(recipe), "augment": augment, "hflip": self.spec.hflip, "seed": self.seed,
+                    "mix": [mix.ratio, mix.weight], "val": self.val.content_hash(),
+                    "real": None if real is None else real.content_hash(),
+                    "synthetic": None if synthetic is None else synthetic.content_hash(),
+                    "targets": tensor_digest(targets),
+                }, self.device)
+                cached = cache.load(key, model)
+                if cached is not None:
+                    return cached
+            fit = fit_classifier(model, real=real, synthetic=synthetic, augment=aug, recipe=recipe, seed=self.seed,
+                                 device=self.device, mix=mix, synthetic_targets=targets, val=self.val)
+            if cache is not None:
+                cache.save(key, fit)
+            return fit
 
     def _candidates(self, arm_name: str) -> list[tuple[str, dict[str, Any]]]:
         arm = ARMS[arm_name]
