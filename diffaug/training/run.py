@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from diffaug.build import build_datamodule, build_module, conditional_num_classes, sampler_options
+from diffaug.build import build_datamodule, conditional_num_classes, sampler_options
 from diffaug.checkpoint import CheckpointError, read_lightning_checkpoint, save_weights
 from diffaug.cluster.requeue import JobRequeued, slurm_training_extras
 from diffaug.config import ConfigError, config_hash, save_config, to_dict
@@ -36,7 +36,7 @@ from diffaug.registry import did_you_mean
 from diffaug.training.callbacks import SampleGrid, StepProgressBar, Throughput
 from diffaug.training.console import quiet_lightning
 from diffaug.training.data import DataPositionCallback, ResumableDataModule
-from diffaug.training.module import NonFiniteLossError
+from diffaug.training.module import DiffusionModule, NonFiniteLossError
 
 logger = logging.getLogger(__name__)
 
@@ -302,8 +302,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
 
     class_names = list(inner.class_map.names)
     has_val = inner.val_set is not None
-    module = build_module(cfg, conditional_num_classes(class_names), class_names,
-                          init_weights=resume_path is None)
+    module = DiffusionModule.from_config(cfg, conditional_num_classes(class_names), class_names,
+                                         init_weights=resume_path is None)
     loggers = build_loggers(cfg, run_dir)
     own_callbacks, best = build_callbacks(cfg, run_dir, has_val=has_val, class_names=class_names,
                                           with_logger=bool(loggers))
