@@ -22,6 +22,9 @@ def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 # ---------------------------------------------------------------- commands
 
+# Each command imports what it runs when it runs, so that `diffaug config`, `--help` and the slurm commands
+# do not load torch and Lightning; these imports follow the layers like any other.
+
 
 def _cmd_config(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf

@@ -22,6 +22,9 @@ from diffaug.evaluation.data import load_export
 
 logger = logging.getLogger(__name__)
 
+# Each command imports its own machinery (the downstream benchmark, the quality metrics, the likelihood and
+# the model loader) when it runs, so that one command does not load the others'.
+
 
 def _export_dir(cfg: DictConfig, given: str | None) -> Path:
     return Path(given or cfg.eval.export_dir or cfg.export.out_dir or Path(cfg.run_dir) / "export")
