@@ -29,7 +29,7 @@ from diffaug.config import config_from_dict
 from diffaug.diffusion.denoiser import Denoiser
 from diffaug.diffusion.losses import Objective, drop_labels
 from diffaug.training.assemble import module_arguments
-from diffaug.training.data import derive_seed
+from diffaug.training.data import mix_seed
 from diffaug.training.ema import EMA
 from diffaug.training.schedule import LRSchedule, build_lr_scheduler
 
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 OnNonFinite = Literal["stop", "skip"]
 NUM_BUCKETS = 4
-# Streams of derive_seed, so the per-step seeds of different uses never coincide.
+# Streams of mix_seed, so the per-step seeds of different uses never coincide.
 _TRAIN_STREAM, _DROPOUT_STREAM, _VAL_STREAM = 0, 1, 2
 
 
@@ -110,11 +110,11 @@ class DiffusionModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
 
     def _generator(self, stream: int, *parts: int) -> torch.Generator:
-        return torch.Generator(self.device).manual_seed(derive_seed(self.seed, stream, *parts))
+        return torch.Generator(self.device).manual_seed(mix_seed(self.seed, stream, *parts))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Dropout and any other draw inside the network come from the global stream: seed it per step.
-        step_seed = derive_seed(self.seed, _DROPOUT_STREAM, self.global_rank, self.global_step, batch_idx)
+        step_seed = mix_seed(self.seed, _DROPOUT_STREAM, self.global_rank, self.global_step, batch_idx)
         torch.manual_seed(step_seed)
 
     def denoising_loss(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> tuple[Tensor, Tensor]:

@@ -166,11 +166,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, has_val: bool, class_name
 
 
 def _quality_monitor(cfg: DictConfig) -> Callback:
-    from diffaug.evaluation.configured import build_extractor, real_split, resolve_device
+    from diffaug.evaluation.configured import build_extractor, evaluation_device, real_split
     from diffaug.training.quality_monitor import QualityMonitor
 
     q, s = cfg.eval.quality, cfg.sampling
-    device = resolve_device(q.device)
+    device = evaluation_device(q.device)
     return QualityMonitor(
         every_n_steps=int(cfg.training.fid_every_n_steps), num_samples=int(cfg.training.fid_num_samples),
         reference=real_split(cfg, split=q.reference_split, max_items=q.reference_max_items),
