@@ -122,11 +122,13 @@ def layer_violations(imports: list[Import], modules: set[str], layers=LAYERS) ->
         if low == high:
             continue
         if not low or not high:
-            problems.append(f"{imp.where()}: the root package {PACKAGE}/__init__.py runs before every module, so "
-                            "it imports none of them and none imports names from it; import the submodule")
+            problems.append(f"{imp.where()}: the root package {PACKAGE}/__init__.py runs before every "
+                            "module, so it imports none of them and none imports names from it; import the "
+                            "submodule")
         elif low in rank and high in rank and rank[high] > rank[low]:
-            problems.append(f"{imp.where()}: {low} (layer {rank[low]}: {', '.join(layers[rank[low]])}) may not "
-                            f"import {high}, a higher layer ({rank[high]}: {', '.join(layers[rank[high]])})")
+            below, above = ", ".join(layers[rank[low]]), ", ".join(layers[rank[high]])
+            problems.append(f"{imp.where()}: {low} (layer {rank[low]}: {below}) may not import {high}, a "
+                            f"higher layer ({rank[high]}: {above})")
     return problems
 
 
@@ -199,8 +201,9 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-# A miniature package: checkpoint (layer 3) importing training (layer 6) inside a function, as the
-# LoRA merge once did; build and inference (one layer) importing each other; a relative import.
+# A miniature package with the faults this test exists for: checkpoint importing training (a higher layer)
+# inside a function, as the LoRA merge once did, and training importing checkpoint back (a relative import):
+# a cycle; build and inference, one layer, importing each other: a cycle the layers alone allow.
 PLANTED = {
     "diffaug/__init__.py": "",
     "diffaug/checkpoint.py": "import torch\n\n\ndef read():\n    from diffaug.training.lora import merge\n",
@@ -222,8 +225,8 @@ def test_a_function_level_import_into_a_higher_layer_is_named(tmp_path):
     layers = (("checkpoint",), ("build", "inference"), ("training",))
     problems = layer_violations(imports, top_level_modules(root), layers)
     assert problems == [
-        f"diffaug/checkpoint.py:5 imports diffaug.training.lora: checkpoint (layer 0: checkpoint) may not import "
-        "training, a higher layer (2: training)"
+        "diffaug/checkpoint.py:5 imports diffaug.training.lora: checkpoint (layer 0: checkpoint) may not "
+        "import training, a higher layer (2: training)"
     ]
 
 
@@ -247,10 +250,10 @@ def test_a_module_missing_from_the_table_says_where_to_add_it(tmp_path):
     problems = layer_violations(package_imports(root), top_level_modules(root),
                                 (("checkpoint",), ("build", "inference"), ("training", "gone")))
     assert problems[:2] == [
-        "diffaug.augset is in no layer: add 'augset' to LAYERS in tests/test_layers.py (and the layer table in "
-        "docs/architecture.md)",
-        "LAYERS in tests/test_layers.py (and the layer table in docs/architecture.md) names 'gone', which is no "
-        "module of diffaug: remove it",
+        "diffaug.augset is in no layer: add 'augset' to LAYERS in tests/test_layers.py (and the layer "
+        "table in docs/architecture.md)",
+        "LAYERS in tests/test_layers.py (and the layer table in docs/architecture.md) names 'gone', which "
+        "is no module of diffaug: remove it",
     ]
 
 

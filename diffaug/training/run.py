@@ -166,6 +166,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, has_val: bool, class_name
 
 
 def _quality_monitor(cfg: DictConfig) -> Callback:
+    # Imported only for a run that monitors quality, which alone needs the feature extractors and metrics.
     from diffaug.evaluation.configured import build_extractor, evaluation_device, real_split
     from diffaug.training.quality_monitor import QualityMonitor
 
