@@ -74,8 +74,8 @@ class Candidate:
 class Ours(Candidate):
     def __init__(self, config: BenchConfig, device: torch.device, precision: str, *, compile: bool = False,
                  grad_checkpointing: bool = False, batch_size: int, channels_last: bool = False):
-        from diffaug.build import build_module
         from diffaug.config import load_config
+        from diffaug.training import DiffusionModule
 
         overrides = [
             f"model.net={config.net}", f"data.channels={config.channels}",
@@ -87,7 +87,7 @@ class Ours(Candidate):
         cfg = load_config([], overrides)
         classes = [str(c) for c in range(config.num_classes or 1)]
         self.label = "ours" + ("+ckpt" if grad_checkpointing else "")
-        self.module = build_module(cfg, config.num_classes, classes).to(device)
+        self.module = DiffusionModule.from_config(cfg, config.num_classes, classes).to(device)
         self.module.train()
         self.net = self.module.denoiser.net
         optimizers = self.module.configure_optimizers()

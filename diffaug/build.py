@@ -1,18 +1,18 @@
-"""Config -> components: the one place the config object is read to build the parts of a run.
+"""Config -> components: the config sections read to build the parts of a run (data, network, process,
+denoiser, objective, sampler options).
 
 Every component takes explicit keyword arguments; these functions translate the config sections into them.
+Nothing here knows about training: ``diffaug.training.assemble`` puts the LightningModule together from these
+parts, and ``diffaug.inference`` rebuilds a trained denoiser from the config its checkpoint carries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from diffaug.checkpoint import checkpoint_metadata
-from diffaug.config import to_dict
 from diffaug.data import DiffusionDataModule
 from diffaug.diffusion.denoiser import Denoiser
 from diffaug.diffusion.losses import Objective
@@ -21,9 +21,6 @@ from diffaug.diffusion.process import GaussianProcess
 from diffaug.diffusion.process import build_process as _process_by_name
 from diffaug.nets import build_net as _net_by_name
 from diffaug.hardware import auto_num_workers
-
-if TYPE_CHECKING:
-    from diffaug.training.module import DiffusionModule
 
 
 def _plain(node) -> dict:
@@ -97,40 +94,3 @@ def build_denoiser(cfg: DictConfig, num_classes: int | None) -> Denoiser:
 
 def build_objective(cfg: DictConfig, process: GaussianProcess | None = None) -> Objective:
     return _objective_for(process or build_process(cfg), weighting=cfg.objective.weighting)
-
-
-def build_module(
-    cfg: DictConfig, num_classes: int | None, class_names: Sequence[str], *, init_weights: bool = True
-) -> DiffusionModule:
-    """The LightningModule for a run. ``init_weights=False`` skips ``training.init_from`` (a resume, whose
-    checkpoint brings the weights), but still applies LoRA so the parameter names match."""
-    from diffaug.training.finetune import prepare_for_finetuning
-    from diffaug.training.module import DiffusionModule
-
-    t = cfg.training
-    denoiser = build_denoiser(cfg, num_classes)
-    prepare_for_finetuning(
-        denoiser,
-        init_from=t.init_from if init_weights else None,
-        class_names=list(class_names),
-        freeze=list(t.freeze),
-        lora_rank=t.lora_rank,
-    )
-    return DiffusionModule(
-        denoiser=denoiser,
-        objective=build_objective(cfg, denoiser.process),
-        label_dropout=cfg.objective.label_dropout,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        betas=tuple(t.betas),
-        warmup_steps=t.warmup_steps,
-        max_steps=t.max_steps,
-        lr_schedule=t.lr_schedule,
-        min_lr_ratio=t.min_lr_ratio,
-        ema_halflife_kimg=t.ema_halflife_kimg,
-        ema_rampup=t.ema_rampup,
-        on_nonfinite=t.on_nonfinite,
-        seed=t.seed,
-        compile=t.compile,
-        metadata=checkpoint_metadata(to_dict(cfg), list(class_names)),
-    )

@@ -1,4 +1,4 @@
-"""Self-describing checkpoints: what a training run writes, and the one loader inference uses.
+"""Self-describing checkpoints: the file format a training run writes, and reading it back.
 
 Two files carry a model out of a run:
 
@@ -9,7 +9,8 @@ Two files carry a model out of a run:
 - ``model.safetensors`` (inference): the EMA denoiser's weights (LoRA merged in), with the config and class
   names as JSON in the file's metadata.
 
-Both are read without unpickling code and loaded strictly into a denoiser rebuilt from the stored config.
+Both are read without unpickling code; ``diffaug.inference.load_for_inference`` loads them strictly into a
+denoiser rebuilt from the stored config.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 
 from diffaug.config import config_from_dict
 from diffaug.data import ClassMap
+from diffaug.nets.lora import merge_lora_state_dict
 
 FORMAT_VERSION = 1
 CHECKPOINT_KEY = "diffaug"
@@ -125,8 +127,6 @@ def read_weights(
     path: str | os.PathLike, *, use_ema: bool = True, map_location: Any = "cpu"
 ) -> tuple[dict[str, Tensor], DictConfig, ClassMap]:
     """(denoiser state dict with LoRA merged, config, class map) from a .ckpt or .safetensors file."""
-    from diffaug.training.lora import merge_lora_state_dict
-
     path = Path(path)
     if path.suffix == ".safetensors":
         if not use_ema:
@@ -181,17 +181,6 @@ def load_state_strictly(module: nn.Module, state: dict[str, Tensor], *, source: 
     module.load_state_dict(state, strict=True)
 
 
-def load_for_inference(path: str | os.PathLike, use_ema: bool = True, map_location: Any = "cpu"):
-    """(denoiser in eval mode, process, config, class map) from a .ckpt or model.safetensors."""
-    from diffaug.build import build_denoiser, conditional_num_classes
-
-    state, cfg, class_map = read_weights(path, use_ema=use_ema, map_location=map_location)
-    denoiser = build_denoiser(cfg, conditional_num_classes(class_map.names))
-    load_state_strictly(denoiser, state, source=str(path))
-    denoiser.to(map_location).eval().requires_grad_(False)
-    return denoiser, denoiser.process, cfg, class_map
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -203,8 +192,6 @@ def save_weights(
     class_names: list[str] | tuple[str, ...],
 ) -> Path:
     """Write ``state`` as safetensors with the config and class names as metadata (atomically)."""
-    from diffaug.training.lora import merge_lora_state_dict
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in merge_lora_state_dict(state).items()}

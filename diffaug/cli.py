@@ -22,6 +22,9 @@ def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 # ---------------------------------------------------------------- commands
 
+# Each command imports what it runs when it runs, so that `diffaug --help` and usage errors answer without
+# loading torch and Lightning, and no command loads another's modules; these imports follow the layers too.
+
 
 def _cmd_config(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
@@ -113,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # Imported here so that `diffaug config` does not pay for torch and Lightning.
+    # Imported after parsing, so that --help and usage errors answer without loading torch and Lightning.
     from diffaug.data.corrupt import CorruptDataError
 
     try:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from diffaug.checkpoint import load_for_inference
+    from diffaug.inference import load_for_inference
 
     path = make_checkpoint(tmp_path_factory.mktemp("ckpt"), class_names=("a", "b", "c"))
     denoiser, process, _, _ = load_for_inference(path)

@@ -8,9 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffaug.build import build_module
-from diffaug.checkpoint import load_for_inference
-from diffaug.training import train
+from diffaug.inference import load_for_inference
+from diffaug.training import DiffusionModule, train
 from tests.training_helpers import make_id_folder, one_torch_thread, state_of, tiny_config  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -39,7 +38,8 @@ def test_initialisation_keeps_rows_by_class_name(source, caplog):
     root, new, result = source
     src = state_of(result.last_checkpoint, "ema.module.")
     with caplog.at_level(logging.WARNING, logger="diffaug.training.finetune"):
-        module = build_module(_finetune_config(root, new, result.last_checkpoint), 3, ["cat", "dog", "emu"])
+        module = DiffusionModule.from_config(_finetune_config(root, new, result.last_checkpoint), 3,
+                                             ["cat", "dog", "emu"])
     state = module.denoiser.state_dict()
     table, src_table = state[TABLE], src[TABLE]  # rows: classes, then the null class
     assert torch.equal(table[0], src_table[1]) and torch.equal(table[1], src_table[2])  # cat, dog moved
@@ -54,7 +54,7 @@ def test_initialisation_keeps_rows_by_class_name(source, caplog):
 def test_freeze_prefixes_leave_frozen_weights_out_of_the_optimizer(source):
     root, new, result = source
     cfg = _finetune_config(root, new, result.weights, "training.freeze=[net.down_blocks., net.cond.noise.]")
-    module = build_module(cfg, 3, ["cat", "dog", "emu"])
+    module = DiffusionModule.from_config(cfg, 3, ["cat", "dog", "emu"])
     frozen = [n for n, p in module.denoiser.named_parameters() if not p.requires_grad]
     assert frozen and all(n.startswith(("net.down_blocks.", "net.cond.noise.")) for n in frozen)
     optimized = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
@@ -91,11 +91,13 @@ def test_unlabelled_pretraining_then_kshot_finetuning_starts_from_the_unconditio
     folder = make_id_folder(tmp_path / "pool", ["cat", "dog", "emu"], per_class=8)
     pool = train(tiny_config(tmp_path / "pool-run", "data.source=folder", f"data.path={folder}", "data.unlabelled=true",
                              "training.max_steps=2", "training.checkpoint_every_n_steps=2"))
-    pretrained = build_module(tiny_config(tmp_path / "p", "data.source=folder", f"data.path={folder}",
-                                          "data.unlabelled=true"), None, ["all"])
+    pretrained = DiffusionModule.from_config(tiny_config(tmp_path / "p", "data.source=folder",
+                                                         f"data.path={folder}", "data.unlabelled=true"),
+                                             None, ["all"])
     pretrained.denoiser.load_state_dict(state_of(pool.last_checkpoint, "ema.module."))
     assert not any(k.endswith("classes.table.weight") for k in pretrained.denoiser.state_dict())  # unconditional
-    module = build_module(_finetune_config(tmp_path, folder, pool.last_checkpoint), 3, ["cat", "dog", "emu"])
+    module = DiffusionModule.from_config(_finetune_config(tmp_path, folder, pool.last_checkpoint), 3,
+                                         ["cat", "dog", "emu"])
     assert torch.equal(module.denoiser.state_dict()[TABLE], torch.zeros(4, module.denoiser.state_dict()[TABLE].shape[1]))
     x, t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((4,), 300)
     with torch.no_grad():

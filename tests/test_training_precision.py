@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from diffaug.build import build_datamodule, build_denoiser, build_objective
-from diffaug.checkpoint import load_for_inference
+from diffaug.inference import load_for_inference
 from diffaug.config.schema import TrainingConfig
 from diffaug.training import train
 from tests.training_helpers import StopAtStep, one_torch_thread, state_of, tiny_config  # noqa: F401

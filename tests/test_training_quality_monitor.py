@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 
-from diffaug.checkpoint import load_for_inference
+from diffaug.inference import load_for_inference
 from diffaug.evaluation import load_real
 from diffaug.evaluation.features import random_features
 from diffaug.evaluation.manifold import precision_recall

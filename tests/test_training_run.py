@@ -11,9 +11,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffaug.checkpoint import CheckpointError, load_for_inference
+from diffaug.checkpoint import CheckpointError
 from diffaug.config import ConfigError, config_hash, to_dict
 from diffaug.diffusion import sample
+from diffaug.inference import load_for_inference
 from diffaug.training import DiffusionModule, lr_factor, train
 from tests.training_helpers import one_torch_thread, state_of, tiny_config  # noqa: F401
 

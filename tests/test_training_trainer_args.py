@@ -7,8 +7,9 @@ import pytest
 from lightning.pytorch.profilers import SimpleProfiler
 
 from diffaug.config import ConfigError, load_config
+from diffaug.config.trainer_args import TRAINER_DEFAULTS, TRAINER_OWNED
 from diffaug.training import train
-from diffaug.training.run import TRAINER_DEFAULTS, TRAINER_OWNED, build_trainer
+from diffaug.training.run import build_trainer
 from tests.training_helpers import one_torch_thread, tiny_config  # noqa: F401
 
 

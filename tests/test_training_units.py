@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from diffaug.checkpoint import CheckpointError, load_for_inference, read_lightning_checkpoint
+from diffaug.checkpoint import CheckpointError, read_lightning_checkpoint
+from diffaug.inference import load_for_inference
+from diffaug.nets.lora import LoRALinear, add_lora, merge_lora_state_dict
 from diffaug.training.data import ResumableBatchSampler
 from diffaug.training.ema import EMA, ema_beta
 from diffaug.training.finetune import freeze_prefixes, remap_class_table
-from diffaug.training.lora import LoRALinear, add_lora, merge_lora_state_dict
 from diffaug.training.schedule import build_lr_scheduler, lr_factor
 from tests.training_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
@@ -237,11 +238,11 @@ def test_not_a_diffaug_checkpoint(tmp_path):
 
 
 def test_the_optimizer_is_torchs_fused_adamw_where_it_runs():
-    from diffaug.build import build_module
     from diffaug.config import load_config
+    from diffaug.training import DiffusionModule
 
     cfg = load_config([], ["model.args={model_channels: 16, channel_mult: [1], norm_groups: 8}"])
-    optimizer = build_module(cfg, None, ["all"]).configure_optimizers()["optimizer"]
+    optimizer = DiffusionModule.from_config(cfg, None, ["all"]).configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.AdamW)
     if torch.__version__ >= "2.4":  # where CPUs got the fused kernel
         assert optimizer.defaults["fused"]

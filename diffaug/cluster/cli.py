@@ -27,7 +27,7 @@ from diffaug.cluster.render import (
     render_train_script,
 )
 from diffaug.cluster.submit import SubmitError, submit_script
-from diffaug.config import ClusterConfig, ConfigError
+from diffaug.config import ClusterConfig, ConfigError, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,6 @@ def _log_pattern(log_dir: str, pattern: str) -> str:
 
 def render_train(items: Sequence[str], *, log_dir: str = DEFAULT_LOG_DIR) -> str:
     """The training script for ``diffaug train ITEMS...`` (config files and overrides), validated first."""
-    from diffaug.config import load_config
-
     files, overrides = _split(items)
     cfg = load_config(files, overrides)
     options = _options(
@@ -78,6 +76,7 @@ def render_train(items: Sequence[str], *, log_dir: str = DEFAULT_LOG_DIR) -> str
 def _checkpoint_cluster(checkpoint: str, overrides: Sequence[str]) -> tuple[DictConfig, list[str], str]:
     """(cluster section, export overrides, run name): the checkpoint's config with ``cluster.*`` overrides;
     the other overrides are checked now, as the export will apply them."""
+    # Imported here: these load torch, which importing this module (render_train, the parser) need not.
     from diffaug.checkpoint import read_weights
     from diffaug.config.load import parse_overrides
     from diffaug.sampling import apply_overrides

@@ -230,7 +230,7 @@ def validate(cfg: DictConfig) -> None:
              "choose one or both of: folder, shards")
     _check_registry_names(cfg)
     if t.trainer_args:  # imports Lightning, which a config without them need not
-        from diffaug.training.run import check_trainer_args
+        from diffaug.config.trainer_args import check_trainer_args
 
         check_trainer_args(OmegaConf.to_container(t.trainer_args))
 

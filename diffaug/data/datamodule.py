@@ -33,8 +33,10 @@ class DiffusionDataModule(pl.LightningDataModule):
 
     Map-style sources (folder, idx, sklearn_digits) get a deterministic, class-stratified validation
     split (``val_fraction``) and optional k-shot subsetting (``per_class_limit``), both seeded by
-    ``seed``; under DDP Lightning adds the DistributedSampler. Shards stream through webdataset with
-    rank- and worker-disjoint shard assignment; their validation data comes from ``val_path``.
+    ``seed``. diffaug's training wraps this module in ``diffaug.training.data.ResumableDataModule``, whose
+    sampler splits them by rank (Lightning's DistributedSampler is off there, so that a resume repeats the
+    order); only a Trainer of your own would add one to these loaders. Shards stream through webdataset
+    with rank- and worker-disjoint shard assignment; their validation data comes from ``val_path``.
     ``rank`` / ``world_size`` override torch.distributed for the shard split (custom launchers, tests).
     """
 

@@ -17,10 +17,13 @@ import torch
 from omegaconf import DictConfig
 
 from diffaug.config import ConfigError, load_config
-from diffaug.evaluation.configured import build_extractor, real_split, resolve_device
+from diffaug.evaluation.configured import build_extractor, evaluation_device, real_split
 from diffaug.evaluation.data import load_export
 
 logger = logging.getLogger(__name__)
+
+# Each command imports its own machinery (the downstream benchmark, the quality metrics, the likelihood and
+# the model loader) when it runs, so that one command does not load the others'.
 
 
 def _export_dir(cfg: DictConfig, given: str | None) -> Path:
@@ -77,7 +80,7 @@ def _downstream(cfg: DictConfig, args: argparse.Namespace, *, tune_only: bool = 
     synthetic = (_synthetic_sources(cfg, args, holdout=holdout)
                  if any(ARMS[a].synthetic for a in spec.arms) else None)
     test = None if tune_only else real_split(cfg, split=s.test_split, max_items=s.test_max_items)
-    result = run_downstream(pool=pool, test=test, synthetic=synthetic, spec=spec, device=resolve_device(s.device),
+    result = run_downstream(pool=pool, test=test, synthetic=synthetic, spec=spec, device=evaluation_device(s.device),
                             workers=int(s.workers))
     leaf = "tune" if tune_only else "downstream"
     paths = write_report(result, _out_dir(cfg, args.out, leaf), title=f"Downstream benchmark: {cfg.name}")
@@ -112,7 +115,7 @@ def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
     from diffaug.evaluation.quality import sample_quality, write_quality_report
 
     q = cfg.eval.quality
-    device = resolve_device(q.device)
+    device = evaluation_device(q.device)
     FEATURE_EXTRACTORS.get(q.features)  # KeyError listing the extractors before any data is read
     reference = real_split(cfg, split=q.reference_split, max_items=q.reference_max_items)
     synthetic = load_export(

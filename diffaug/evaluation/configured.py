@@ -17,7 +17,9 @@ from diffaug.evaluation.features import (
 )
 
 
-def resolve_device(name: str) -> torch.device:
+def evaluation_device(name: str) -> torch.device:
+    """``eval.*.device``: "auto" is the GPU when there is one, else the CPU; other names as torch reads them.
+    (Sampling's ``sampling.device`` is resolved per process and checked, in ``diffaug.sampling.generate``.)"""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

@@ -42,11 +42,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffaug.data import select_indices
+from diffaug.data import holdout_indices, select_indices
 from diffaug.evaluation.augment import Augmenter, parse_recipe
 from diffaug.evaluation.classifiers import build_classifier
-from diffaug.evaluation.data import LabelledImages
+from diffaug.evaluation.data import LabelledImages, check_export_training_data, load_export
 from diffaug.evaluation.fitcache import FitCache, tensor_digest
+from diffaug.evaluation.memorisation import memorisation_report
 from diffaug.evaluation.recipe import FitResult, Recipe, SyntheticMix, evaluate_classifier, fit_classifier, predict_proba
 
 logger = logging.getLogger(__name__)
@@ -245,8 +246,6 @@ class Pool:
         return self.train.subset(torch.from_numpy(index))
 
     def validation(self) -> LabelledImages:
-        from diffaug.data import holdout_indices
-
         index = holdout_indices(self.train.labels.numpy(), num_classes=self.train.num_classes,
                                 per_class=self.holdout_per_class, seed=self.holdout_seed)
         return self.train.subset(torch.from_numpy(index))
@@ -352,8 +351,6 @@ def _run_cell(
     cell = _Cell(pool, k, seed, pool.validation(), test, spec, device)
     memorisation = []
     if synthetic and any(ARMS[a].synthetic for a in spec.arms):
-        from diffaug.evaluation.memorisation import memorisation_report
-
         for name, source in synthetic.items():
             cell.sets[name] = source(k, seed).aligned_to(pool.train.class_map)
             _check_synthetic(cell.sets[name], cell.real(1))
@@ -388,8 +385,6 @@ class ExportPattern:
     holdout: tuple[int, int]
 
     def __call__(self, k: int, seed: int) -> LabelledImages:
-        from diffaug.evaluation.data import check_export_training_data, load_export
-
         path = Path(self.pattern.format(k=k, seed=seed))
         check_export_training_data(path, source=self.source, k=k, seed=seed, holdout=self.holdout)
         return load_export(path, resolution=self.resolution, channels=self.channels)

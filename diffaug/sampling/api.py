@@ -97,7 +97,7 @@ def load_model(
     checkpoint: str | Path, overrides: Sequence[str] = (), *, device: str | None = None
 ) -> LoadedModel:
     """Load a ``.ckpt`` or ``model.safetensors`` safely (no code is unpickled), EMA weights by default."""
-    from diffaug.checkpoint import load_for_inference
+    from diffaug.inference import load_for_inference
 
     path = Path(checkpoint)
     if not path.is_file():

@@ -24,8 +24,10 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subs
 logger = logging.getLogger(__name__)
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed mixing the parts well (nearby inputs give unrelated seeds)."""
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed mixing the parts well (nearby inputs give unrelated seeds): the seeds of training's
+    random streams (data order, per-step draws). Not ``diffaug.sampling``'s per-image seeds, which are
+    recorded in exported sets and computed differently."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
@@ -69,7 +71,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """(num_batches * G,) item indices of the whole epoch, all ranks."""
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
         permutation = torch.randperm(self.num_items, generator=generator)
         total = len(self) * self.batch_size * self.world_size
         return permutation.repeat(-(-total // self.num_items))[:total]

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from diffaug.checkpoint import load_state_strictly, read_weights
 from diffaug.diffusion.denoiser import Denoiser
-from diffaug.training.lora import add_lora
+from diffaug.nets.lora import add_lora
 
 logger = logging.getLogger(__name__)
 

@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
+from diffaug.build import conditional_num_classes
 from diffaug.checkpoint import (CHECKPOINT_KEY, CheckpointError, load_state_strictly,
                                 read_lightning_checkpoint)
 from diffaug.config import config_from_dict
 from diffaug.diffusion.denoiser import Denoiser
 from diffaug.diffusion.losses import Objective, drop_labels
-from diffaug.training.data import derive_seed
+from diffaug.training.assemble import module_arguments
+from diffaug.training.data import mix_seed
 from diffaug.training.ema import EMA
 from diffaug.training.schedule import LRSchedule, build_lr_scheduler
 
@@ -33,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 OnNonFinite = Literal["stop", "skip"]
 NUM_BUCKETS = 4
-# Streams of derive_seed, so the per-step seeds of different uses never coincide.
+# Streams of mix_seed, so the per-step seeds of different uses never coincide.
 _TRAIN_STREAM, _DROPOUT_STREAM, _VAL_STREAM = 0, 1, 2
 
 
@@ -106,11 +110,11 @@ class DiffusionModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
 
     def _generator(self, stream: int, *parts: int) -> torch.Generator:
-        return torch.Generator(self.device).manual_seed(derive_seed(self.seed, stream, *parts))
+        return torch.Generator(self.device).manual_seed(mix_seed(self.seed, stream, *parts))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Dropout and any other draw inside the network come from the global stream: seed it per step.
-        step_seed = derive_seed(self.seed, _DROPOUT_STREAM, self.global_rank, self.global_step, batch_idx)
+        step_seed = mix_seed(self.seed, _DROPOUT_STREAM, self.global_rank, self.global_step, batch_idx)
         torch.manual_seed(step_seed)
 
     def denoising_loss(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> tuple[Tensor, Tensor]:
@@ -260,7 +264,14 @@ class DiffusionModule(pl.LightningModule):
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ construction and checkpoints
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, num_classes: int | None, class_names: Sequence[str], *,
+                    init_weights: bool = True) -> DiffusionModule:
+        """The module of a run. ``init_weights=False`` skips ``training.init_from`` (a resume, whose
+        checkpoint brings the weights), but still applies LoRA so the parameter names match."""
+        return cls(**module_arguments(cfg, num_classes, class_names, init_weights=init_weights))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.metadata
@@ -274,20 +285,18 @@ class DiffusionModule(pl.LightningModule):
         networks are built from the resolved config the checkpoint carries (``checkpoint["diffaug"]``)
         instead, so nothing but tensors and plain data is unpickled (``weights_only=True``), and the live
         weights, the EMA and its image count are loaded strictly. For inference alone,
-        :func:`diffaug.checkpoint.load_for_inference` loads the EMA denoiser without the training wrapper.
+        :func:`diffaug.inference.load_for_inference` loads the EMA denoiser without the training wrapper.
         """
-        from diffaug.build import build_module, conditional_num_classes  # build imports this module
-
         if unused:
             raise TypeError(f"DiffusionModule.load_from_checkpoint takes no {sorted(unused)}: the networks and "
                             "settings come from the config stored in the checkpoint")
         if str(checkpoint_path).endswith(".safetensors"):
             raise CheckpointError(f"{checkpoint_path} holds only the EMA weights; load a run's .ckpt here, or "
-                                  "this file with diffaug.checkpoint.load_for_inference")
+                                  "this file with diffaug.inference.load_for_inference")
         checkpoint = read_lightning_checkpoint(checkpoint_path, map_location)
         meta = checkpoint[CHECKPOINT_KEY]
         class_names = list(meta["class_names"])
-        module = build_module(config_from_dict(meta["config"]), conditional_num_classes(class_names),
-                              class_names, init_weights=False)
+        module = cls.from_config(config_from_dict(meta["config"]), conditional_num_classes(class_names),
+                                 class_names, init_weights=False)
         load_state_strictly(module, checkpoint["state_dict"], source=str(checkpoint_path))
         return module.to(map_location)

@@ -27,16 +27,16 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from diffaug.build import build_datamodule, build_module, conditional_num_classes, sampler_options
+from diffaug.build import build_datamodule, conditional_num_classes, sampler_options
 from diffaug.checkpoint import CheckpointError, read_lightning_checkpoint, save_weights
 from diffaug.cluster.requeue import JobRequeued, slurm_training_extras
 from diffaug.config import ConfigError, config_hash, save_config, to_dict
+from diffaug.config.trainer_args import TRAINER_DEFAULTS
 from diffaug.hardware import cuda_math, uses_cuda
-from diffaug.registry import did_you_mean
 from diffaug.training.callbacks import SampleGrid, StepProgressBar, Throughput
 from diffaug.training.console import quiet_lightning
 from diffaug.training.data import DataPositionCallback, ResumableDataModule
-from diffaug.training.module import NonFiniteLossError
+from diffaug.training.module import DiffusionModule, NonFiniteLossError
 
 logger = logging.getLogger(__name__)
 
@@ -166,11 +166,12 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, has_val: bool, class_name
 
 
 def _quality_monitor(cfg: DictConfig) -> Callback:
-    from diffaug.evaluation.configured import build_extractor, real_split, resolve_device
+    # Imported only for a run that monitors quality, which alone needs the feature extractors and metrics.
+    from diffaug.evaluation.configured import build_extractor, evaluation_device, real_split
     from diffaug.training.quality_monitor import QualityMonitor
 
     q, s = cfg.eval.quality, cfg.sampling
-    device = resolve_device(q.device)
+    device = evaluation_device(q.device)
     return QualityMonitor(
         every_n_steps=int(cfg.training.fid_every_n_steps), num_samples=int(cfg.training.fid_num_samples),
         reference=real_split(cfg, split=q.reference_split, max_items=q.reference_max_items),
@@ -179,49 +180,6 @@ def _quality_monitor(cfg: DictConfig) -> Callback:
         sampler_args=sampler_options(cfg), batch_size=int(s.batch_size), seed=int(s.seed),
         nearest_k=int(q.nearest_k), kid_subsets=int(q.kid_subsets),
     )
-
-
-# The Trainer options diffaug sets itself, each with the config key that sets it (or why none does);
-# training.trainer_args may not name them.
-TRAINER_OWNED = {
-    "default_root_dir": "run_dir",
-    "max_steps": "training.max_steps",
-    "max_epochs": "training.max_steps (diffaug counts optimizer steps)",
-    "accelerator": "training.accelerator",
-    "devices": "training.devices",
-    "num_nodes": "training.num_nodes",
-    "strategy": "training.strategy",
-    "precision": "training.precision",
-    "deterministic": "training.deterministic",
-    "benchmark": "training.deterministic (cuDNN autotunes unless it is true)",
-    "gradient_clip_val": "training.grad_clip",
-    "accumulate_grad_batches": "training.accumulate_grad_batches",
-    "log_every_n_steps": "training.log_every_n_steps",
-    "val_check_interval": "training.val_every_n_steps",
-    "check_val_every_n_epoch": "training.val_every_n_steps",
-    "limit_val_batches": "data.val_fraction",
-    "callbacks": "the callbacks argument of diffaug.training.train",
-    "logger": "logging.logger",
-    "enable_progress_bar": "logging.progress_bar",
-    "use_distributed_sampler": "nothing: diffaug's resumable sampler splits the data across ranks",
-    "plugins": "cluster.requeue (SLURM) and training.precision",
-}
-# Defaults diffaug picks that training.trainer_args may change.
-TRAINER_DEFAULTS = {"num_sanity_val_steps": 0, "enable_model_summary": False}
-
-
-def check_trainer_args(args: dict[str, Any]) -> None:
-    """ConfigError for a name lightning.Trainer does not take, or one diffaug sets from its own keys."""
-    import inspect
-
-    valid = sorted(set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"} - set(TRAINER_OWNED))
-    for name in args:
-        if name in TRAINER_OWNED:
-            raise ConfigError(f"invalid key {name!r} in training.trainer_args: diffaug sets the Trainer's "
-                              f"{name} itself; use {TRAINER_OWNED[name]}")
-        if name not in valid:
-            raise ConfigError(f"invalid key {name!r} in training.trainer_args: lightning.Trainer takes no such "
-                              f"option; valid names: {', '.join(valid)}.{did_you_mean(name, valid)}")
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, *, callbacks: list[Callback], loggers: list[Logger],
@@ -302,8 +260,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
 
     class_names = list(inner.class_map.names)
     has_val = inner.val_set is not None
-    module = build_module(cfg, conditional_num_classes(class_names), class_names,
-                          init_weights=resume_path is None)
+    module = DiffusionModule.from_config(cfg, conditional_num_classes(class_names), class_names,
+                                         init_weights=resume_path is None)
     loggers = build_loggers(cfg, run_dir)
     own_callbacks, best = build_callbacks(cfg, run_dir, has_val=has_val, class_names=class_names,
                                           with_logger=bool(loggers))
