@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from diffaug.checkpoint import checkpoint_metadata
 from diffaug.config import to_dict
@@ -19,6 +18,7 @@ from diffaug.diffusion.losses import Objective
 from diffaug.diffusion.losses import build_objective as _objective_for
 from diffaug.diffusion.process import GaussianProcess
 from diffaug.diffusion.process import build_process as _process_by_name
+from diffaug.nets import DenoiserNet
 from diffaug.nets import build_net as _net_by_name
 from diffaug.hardware import auto_num_workers
 
@@ -70,7 +70,7 @@ def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
     )
 
 
-def build_net(cfg: DictConfig, num_classes: int | None) -> nn.Module:
+def build_net(cfg: DictConfig, num_classes: int | None) -> DenoiserNet:
     return _net_by_name(
         cfg.model.net,
         in_channels=cfg.data.channels,
@@ -96,7 +96,9 @@ def build_denoiser(cfg: DictConfig, num_classes: int | None) -> Denoiser:
 
 
 def build_objective(cfg: DictConfig, process: GaussianProcess | None = None) -> Objective:
-    return _objective_for(process or build_process(cfg), weighting=cfg.objective.weighting)
+    return _objective_for(
+        process or build_process(cfg), weighting=cfg.objective.weighting, **_plain(cfg.objective.args)
+    )
 
 
 def build_module(
