@@ -13,6 +13,7 @@ import difflib
 import importlib
 import pkgutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -45,6 +46,15 @@ class Registry(Generic[T]):
             return obj
 
         return decorator
+
+    @contextmanager
+    def temporary(self) -> Iterator[None]:
+        """Registrations made inside the block are dropped at its end (throwaway components in tests)."""
+        saved = dict(self._items)
+        try:
+            yield
+        finally:
+            self._items = saved
 
     def add(self, name: str, obj: T) -> None:
         self.register(name)(obj)
