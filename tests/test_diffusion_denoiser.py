@@ -228,8 +228,9 @@ def test_each_parameterisation_is_a_skip_and_output_scaling(name, prediction):
 
 
 def test_edm_preconditioning_matches_the_paper_on_ve():
-    """Karras et al. (2022), table 1, with alpha = 1: c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2),
-    c_in = 1 / sqrt(s^2 + sd^2); the Denoiser's x0_hat is c_skip x + c_out F(c_in x)."""
+    """Karras et al. (2022), table 1, with alpha = 1: c_skip = sd^2 / (s^2 + sd^2),
+    c_out = s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2); the Denoiser's x0_hat is
+    c_skip x + c_out F(c_in x)."""
     process = build_process("ve")
     t = torch.tensor([0.05, 0.3, 0.7, 1.0], dtype=torch.float64)
     _, s = process.alpha_sigma(t)

@@ -244,7 +244,8 @@ def _check_registry_names(cfg: DictConfig) -> None:
     if o.weighting is not None:
         _check_name("objective.weighting", o.weighting, list(WEIGHTINGS))
     weighting = PROCESSES.get(o.process).default_weighting if o.weighting is None else o.weighting
-    _check_options("objective.args", lambda: check_objective_options(weighting, OmegaConf.to_container(o.args)))
+    _check_options("objective.args",
+                   lambda: check_objective_options(weighting, OmegaConf.to_container(o.args)))
     _check_options("sampling.sampler_args",
                    lambda: check_sampler_options(s.sampler, OmegaConf.to_container(s.sampler_args)))
 

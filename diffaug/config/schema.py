@@ -16,8 +16,8 @@ from typing import Any, Literal, Optional
 
 @dataclass
 class DataConfig:
-    # A name from diffaug.data.SOURCES: "folder", "shards", "idx" (MNIST-format IDX files, e.g. Fashion-MNIST),
-    # "sklearn_digits" (scikit-learn's bundled 8x8 digits).
+    # A name from diffaug.data.SOURCES: "folder", "shards", "idx" (MNIST-format IDX files, e.g.
+    # Fashion-MNIST), "sklearn_digits" (scikit-learn's bundled 8x8 digits).
     source: str = "sklearn_digits"
     path: Optional[str] = None  # folder, IDX directory, or shard URL pattern ("data-{000..009}.tar", "pipe:...")
     val_path: Optional[str] = None  # separate validation shards; otherwise val_fraction of the training data

@@ -28,7 +28,13 @@ from diffaug.diffusion.losses import (
 from diffaug.diffusion.ncsn import NCSNProcess
 from diffaug.diffusion.process import PROCESSES, GaussianProcess, Spacing, append_dims, build_process
 from diffaug.diffusion.rng import StackedRandomGenerator
-from diffaug.diffusion.samplers import SAMPLERS, check_sampler_options, register_sampler, sample, sampling_grid
+from diffaug.diffusion.samplers import (
+    SAMPLERS,
+    check_sampler_options,
+    register_sampler,
+    sample,
+    sampling_grid,
+)
 from diffaug.diffusion.sde import VESDE, SubVPSDE, VPSDE
 from diffaug.registry import import_submodules
 

@@ -102,10 +102,9 @@ class Preconditioning:
             return cls(c_skip=sigma_data**2 / r2 / alpha, c_out=s * sigma_data / r2.sqrt(),
                        c_in=r2.rsqrt() / alpha, c_noise=c_noise)
         c_in = (alpha**2 + sigma**2).rsqrt()  # = 1 / sqrt(sigma^2 + alpha^2 sigma_data^2), sigma_data = 1
-        one = torch.ones_like(alpha)
         c_skip, c_out = {
             "eps": (1 / alpha, -sigma / alpha),
-            "x0": (0 * one, one),
+            "x0": (torch.zeros_like(alpha), torch.ones_like(alpha)),
             "v": (alpha * c_in**2, -sigma * c_in),
             "score": (1 / alpha, sigma / alpha),
         }[prediction]

@@ -55,8 +55,8 @@ def _check_target(target: str | None) -> None:
 
 
 def _check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+    if not (isinstance(value, (int, float)) and value > 0):
+        raise ValueError(f"{name} must be positive, got {value!r}")
 
 
 class Objective:
@@ -113,7 +113,7 @@ class Objective:
             return g**2 * snr / sigma**2
         if self.weighting == "min_snr":
             return snr.clamp(max=self.min_snr_gamma)
-        return snr.clamp(min=1.0)
+        return snr.clamp(min=1.0)  # "truncated_snr"
 
     def weight(self, t: Tensor, target: Target) -> Tensor:
         """Factor (N,) on the target-space squared error that realises the weighting."""
