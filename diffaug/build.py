@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from diffaug.data import DiffusionDataModule
 from diffaug.diffusion.denoiser import Denoiser
@@ -19,6 +18,7 @@ from diffaug.diffusion.losses import Objective
 from diffaug.diffusion.losses import build_objective as _objective_for
 from diffaug.diffusion.process import GaussianProcess
 from diffaug.diffusion.process import build_process as _process_by_name
+from diffaug.nets import DenoiserNet
 from diffaug.nets import build_net as _net_by_name
 from diffaug.hardware import auto_num_workers
 
@@ -67,7 +67,7 @@ def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
     )
 
 
-def build_net(cfg: DictConfig, num_classes: int | None) -> nn.Module:
+def build_net(cfg: DictConfig, num_classes: int | None) -> DenoiserNet:
     return _net_by_name(
         cfg.model.net,
         in_channels=cfg.data.channels,
@@ -93,4 +93,6 @@ def build_denoiser(cfg: DictConfig, num_classes: int | None) -> Denoiser:
 
 
 def build_objective(cfg: DictConfig, process: GaussianProcess | None = None) -> Objective:
-    return _objective_for(process or build_process(cfg), weighting=cfg.objective.weighting)
+    return _objective_for(
+        process or build_process(cfg), weighting=cfg.objective.weighting, **_plain(cfg.objective.args)
+    )

@@ -165,3 +165,34 @@ def test_guidance_interval_out_of_range_fails_at_load(interval):
     with pytest.raises(ConfigError, match=r"sampling.guidance_interval.*0 <= lo < hi"):
         load_config([], [f"sampling.guidance_interval={interval}"])
     assert load_config([], ["sampling.guidance_interval=[0.28,5.42]"]).sampling.guidance_interval == [0.28, 5.42]
+
+
+@pytest.mark.parametrize(
+    "override, key, names, suggestion",
+    [
+        ("data.source=foldr", "data.source", ("folder", "idx", "shards", "sklearn_digits"), "folder"),
+        ("objective.weighting=min_snrr", "objective.weighting", ("simple", "sigma2", "edm"), "min_snr"),
+    ],
+)
+def test_registry_names_list_the_registered_ones_and_suggest(override, key, names, suggestion):
+    with pytest.raises(ConfigError) as err:
+        load_config([], [override])
+    message = str(err.value)
+    assert f"'{key}'" in message and all(name in message for name in names)
+    assert f"Did you mean '{suggestion}'?" in message
+
+
+def test_objective_args_are_checked_against_the_objective():
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["objective.weighting=min_snr", "objective.args={min_snr_gama: 2}"])
+    message = str(err.value)
+    assert "'objective.args'" in message and "min_snr_gama" in message
+    assert "target, min_snr_gamma" in message  # the valid options
+    with pytest.raises(ConfigError, match="objective.args.*min_snr_gamma must be positive"):
+        load_config([], ["objective.args={min_snr_gamma: -1}"])
+    with pytest.raises(ConfigError, match="objective.args.*unknown loss target 'score'"):
+        load_config([], ["objective.args={target: score}"])
+    # EDM's objective has its own options, and not min-SNR's
+    load_config([], ["objective.process=ve", "objective.weighting=edm", "objective.args={sigma_data: 0.5}"])
+    with pytest.raises(ConfigError, match="objective.args.*sigma_data, p_mean, p_std"):
+        load_config([], ["objective.weighting=edm", "objective.args={min_snr_gamma: 5}"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffaug.diffusion import Denoiser, Predictions, build_process, guided_x0
+from diffaug.diffusion import Denoiser, Preconditioning, Predictions, build_process, guided_x0
 from tests.diffusion_helpers import (  # noqa: F401  (single_thread is an autouse fixture)
     MixtureOracle,
     TinyNet,
@@ -170,3 +170,80 @@ def test_classifier_free_guidance_combination():
     torch.testing.assert_close(per_sample[2], uncond[2])  # w = 0: unconditional
     with pytest.raises(ValueError, match="needs class_labels"):
         guided_x0(oracle, x, t, None, 2.0, oracle.null_class)
+
+
+# ---------------------------------------------------------------- preconditioning
+
+
+def reference_predict(denoiser: Denoiser, x_t, t, class_labels):
+    """Denoiser.predict as written before its coefficients became a Preconditioning object."""
+    dtype = torch.promote_types(x_t.dtype, torch.float32)
+    alpha, sigma = (c.view(-1, 1, 1, 1).to(dtype) for c in denoiser.process.alpha_sigma(t))
+    c_in = (alpha**2 + sigma**2).rsqrt()
+    output = denoiser.net((c_in * x_t).to(x_t.dtype), denoiser.process.noise_level(t).to(dtype), class_labels)
+    output, x_t = output.to(dtype), x_t.to(dtype)
+    r2 = alpha**2 + sigma**2
+    if denoiser.prediction == "eps":
+        eps = output
+        x0 = (x_t - sigma * eps) / alpha
+    elif denoiser.prediction == "x0":
+        x0 = output
+        eps = (x_t - alpha * x0) / sigma
+    elif denoiser.prediction == "v":
+        x0 = alpha / r2 * x_t - sigma / r2.sqrt() * output
+        eps = sigma / r2 * x_t + alpha / r2.sqrt() * output
+    else:
+        eps = -output
+        x0 = (x_t - sigma * eps) / alpha
+    v = (alpha * eps - sigma * x0) / r2.sqrt()
+    return x0, eps, v, -eps / sigma
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("name", ALL)
+def test_parameterisations_are_bit_identical_to_the_formulas_before(name, prediction):
+    process = build_process(name)
+    denoiser = Denoiser(TinyNet(num_classes=3), process, prediction=prediction, num_classes=3)
+    g = torch.Generator().manual_seed(11)
+    t = process.sample_train_t(6, generator=g)
+    x_t = process.q_sample(torch.randn(6, 2, 4, 4, generator=g), t, torch.randn(6, 2, 4, 4, generator=g))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    got = denoiser.predict(x_t, t, labels)
+    for new, old in zip((got.x0, got.eps, got.v, got.score), reference_predict(denoiser, x_t, t, labels)):
+        assert torch.equal(new, old)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("name", ["ddpm", "ve"])
+def test_each_parameterisation_is_a_skip_and_output_scaling(name, prediction):
+    """x0_hat = c_skip x_t + c_out F for the c_skip, c_out the Preconditioning states for it."""
+    process = build_process(name)
+    t = process.sample_train_t(5, generator=torch.Generator().manual_seed(3)).double()
+    alpha, sigma = (c.view(-1, 1, 1, 1) for c in process.alpha_sigma(t))
+    x_t, output = torch.randn(2, 5, 2, 3, 3, dtype=torch.float64)
+    pre = Preconditioning.of(prediction, alpha, sigma, process.noise_level(t))
+    expected = Predictions.from_output(prediction, output, x_t, alpha, sigma).x0
+    assert torch.allclose(pre.denoised(output, x_t), expected, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(pre.c_in, (alpha**2 + sigma**2).rsqrt())
+
+
+def test_edm_preconditioning_matches_the_paper_on_ve():
+    """Karras et al. (2022), table 1, with alpha = 1: c_skip = sd^2 / (s^2 + sd^2),
+    c_out = s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2); the Denoiser's x0_hat is
+    c_skip x + c_out F(c_in x)."""
+    process = build_process("ve")
+    t = torch.tensor([0.05, 0.3, 0.7, 1.0], dtype=torch.float64)
+    _, s = process.alpha_sigma(t)
+    sd = 0.5
+    pre = Preconditioning.of("edm", torch.ones_like(s), s, process.noise_level(t))
+    assert torch.allclose(pre.c_skip, sd**2 / (s**2 + sd**2))
+    assert torch.allclose(pre.c_out, s * sd / (s**2 + sd**2).sqrt())
+    assert torch.allclose(pre.c_in, 1 / (s**2 + sd**2).sqrt())
+
+    net = TinyNet().double()
+    denoiser = Denoiser(net, process, prediction="edm")
+    x = torch.randn(4, 2, 3, 3, dtype=torch.float64)
+    s4 = s.view(-1, 1, 1, 1)
+    c_in = 1 / (s4**2 + sd**2).sqrt()
+    expected = sd**2 / (s4**2 + sd**2) * x + s4 * sd / (s4**2 + sd**2).sqrt() * net(c_in * x, 1000 * t)
+    assert torch.allclose(denoiser(x, t), expected, rtol=1e-12, atol=1e-12)

@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from diffaug.diffusion import Denoiser, build_objective, build_process, bucket_losses, drop_labels
+from diffaug.build import build_objective as build_objective_from_config
+from diffaug.config import load_config
+from diffaug.diffusion import (
+    Denoiser,
+    EDMObjective,
+    Predictions,
+    bucket_losses,
+    build_objective,
+    build_process,
+    drop_labels,
+)
 from tests.diffusion_helpers import GaussianMixture, MixtureOracle, TinyNet, single_thread  # noqa: F401
 
 ALL = ["ddpm", "ncsn", "vp", "subvp", "ve"]
@@ -156,3 +166,83 @@ def test_bucket_losses():
     assert bucket_losses(torch.tensor([2.0, 4.0]), torch.tensor([0.9, 0.95]), vp, num_buckets=2) == {
         "t0.50-1.00": 3.0
     }
+
+
+# ---------------------------------------------------------------- options from the config, EDM
+
+
+class ZeroX0:
+    """Predicts x0_hat = 0 whatever x_t: the x0 error is -x0, so the loss is known without the noise draw."""
+
+    prediction = "x0"
+
+    def __init__(self, process):
+        self.process = process
+
+    def predict(self, x_t, t, class_labels=None):
+        alpha, sigma = (c.view(-1, 1, 1, 1) for c in self.process.alpha_sigma(t))
+        return Predictions.from_output("x0", torch.zeros_like(x_t), x_t, alpha, sigma)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_min_snr_gamma_from_the_config_reaches_the_loss(gamma):
+    cfg = load_config([], ["objective.process=vp", "objective.weighting=min_snr",
+                           f"objective.args={{min_snr_gamma: {gamma}, target: x0}}"])
+    objective = build_objective_from_config(cfg)
+    assert objective.min_snr_gamma == gamma and objective.target == "x0"
+    process = objective.process
+    x0 = torch.randn(512, 2, 3, 3, generator=torch.Generator().manual_seed(8))
+    loss, t = objective.loss(ZeroX0(process), x0, generator=torch.Generator().manual_seed(9))
+    alpha, sigma = process.alpha_sigma(t)
+    # by hand: min(SNR, gamma) on the x0 error, which is -x0 here
+    expected = torch.minimum(alpha**2 / sigma**2, torch.tensor(gamma)) * x0.pow(2).flatten(1).mean(1)
+    assert torch.allclose(loss, expected, rtol=1e-6)
+    assert bool((alpha**2 / sigma**2 > gamma).any())  # the clamp is active for some of the draws
+
+
+def test_the_default_weighting_is_the_process_own():
+    for name in ALL:
+        process = build_process(name)
+        assert build_objective(process).weighting == process.default_weighting
+    with pytest.raises(TypeError, match="no option.*'gama'.*target, min_snr_gamma"):
+        build_objective(build_process("vp"), gama=1.0)
+
+
+def test_edm_weighting_is_the_paper_formula():
+    """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on ||D - x0||^2 (Karras et al. 2022,
+    table 1), converted to the eps and v errors by 1 / SNR and 1 / (SNR + 1)."""
+    process = build_process("ve")
+    objective = build_objective(process, weighting="edm", sigma_data=0.5)
+    assert isinstance(objective, EDMObjective)
+    t = torch.tensor([0.01, 0.2, 0.5, 0.9, 1.0], dtype=torch.float64)
+    _, s = process.alpha_sigma(t)
+    lam = (s**2 + 0.25) / (s * 0.5) ** 2
+    assert torch.allclose(objective.weight(t, "x0"), lam, rtol=1e-12)
+    assert torch.allclose(objective.weight(t, "eps"), lam * s**2, rtol=1e-12)  # SNR = 1 / s^2 on VE
+    assert torch.allclose(objective.weight(t, "v"), lam / (1 / s**2 + 1), rtol=1e-12)
+
+
+def test_edm_draws_log_normal_noise_levels():
+    process = build_process("ve")
+    objective = build_objective(process, weighting="edm")
+    t = objective.sample_t(40000, "cpu", torch.Generator().manual_seed(4))
+    low, high = (float(torch.tensor(v, dtype=torch.float32)) for v in (process.t_min, process.t_max))
+    assert t.dtype == torch.float32 and float(t.min()) >= low and float(t.max()) <= high
+    log_sigma = process.alpha_sigma(t.double())[1].log()
+    # the draws below sigma(t_min) ~ 0.01 (z < -2.8, 0.2% of them) are clamped to it, which moves the
+    # mean and std by less than 0.01
+    assert float(log_sigma.mean()) == pytest.approx(-1.2, abs=0.03)
+    assert float(log_sigma.std()) == pytest.approx(1.2, abs=0.03)
+    cut = process.alpha_sigma(torch.tensor(low, dtype=torch.float64))[1].log()
+    assert float((log_sigma <= cut + 1e-6).double().mean()) == pytest.approx(0.0023, abs=0.001)
+
+
+def test_edm_trains_a_network_through_its_preconditioning():
+    process = build_process("ve")
+    denoiser = Denoiser(TinyNet(num_classes=2), process, prediction="edm", num_classes=2)
+    objective = build_objective(process, weighting="edm")
+    loss, t = objective.loss(denoiser, torch.randn(8, 2, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    assert objective._target(denoiser) == "x0"
+    assert loss.shape == (8,) and bool(torch.isfinite(loss).all())
+    loss.mean().backward()
+    assert all(p.grad is not None for p in denoiser.parameters())

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -200,8 +200,6 @@ def validate(cfg: DictConfig) -> None:
              d.per_class_limit, "must be at least 1 (or null for all images)")
     _require(d.holdout_per_class is None or d.holdout_per_class >= 1, "data.holdout_per_class",
              d.holdout_per_class, "must be at least 1 (or null for no holdout)")
-    _require(d.source in ("sklearn_digits",) or d.path is not None, "data.path", d.path,
-             f"data.source={d.source} needs data.path")
     _require(0.0 <= cfg.objective.label_dropout < 1.0, "objective.label_dropout",
              cfg.objective.label_dropout, "must be in [0, 1)")
     _require(t.max_steps >= 1, "training.max_steps", t.max_steps, "must be at least 1")
@@ -235,23 +233,42 @@ def validate(cfg: DictConfig) -> None:
         check_trainer_args(OmegaConf.to_container(t.trainer_args))
 
 
+def _check_name(key: str, value: str, names: list[str]) -> None:
+    if value not in names:
+        raise ConfigError(f"invalid value for config key {key!r}: {value!r}; valid names: {', '.join(names)}."
+                          f"{did_you_mean(value, names)}")
+
+
+def _check_options(key: str, check: Callable[[], None]) -> None:
+    try:
+        check()
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid value for config key {key!r}: {err}") from None
+
+
 def _check_registry_names(cfg: DictConfig) -> None:
+    """Names of registered components against their registries, the one list of valid names (a component
+    registered from a new module is valid here once that module is imported), and their options."""
     # Imported here: the registries pull in torch and the networks, which config loading alone need not.
-    from diffaug.diffusion import SAMPLERS, check_sampler_options
+    from diffaug.data import SOURCES, source_needs_path
+    from diffaug.diffusion import PROCESSES, SAMPLERS, WEIGHTINGS, check_objective_options
+    from diffaug.diffusion import check_sampler_options
     from diffaug.nets import NETS
 
-    for key, registry, value in (("model.net", NETS, cfg.model.net),
-                                 ("sampling.sampler", SAMPLERS, cfg.sampling.sampler)):
-        if value not in registry:
-            names = registry.names()
-            raise ConfigError(
-                f"invalid value for config key {key!r}: {value!r}; valid names: {', '.join(names)}."
-                f"{did_you_mean(value, names)}"
-            )
-    try:
-        check_sampler_options(cfg.sampling.sampler, OmegaConf.to_container(cfg.sampling.sampler_args))
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid value for config key 'sampling.sampler_args': {err}") from None
+    d, o, s = cfg.data, cfg.objective, cfg.sampling
+    for key, registry, value in (("data.source", SOURCES, d.source), ("model.net", NETS, cfg.model.net),
+                                 ("objective.process", PROCESSES, o.process),
+                                 ("sampling.sampler", SAMPLERS, s.sampler)):
+        _check_name(key, value, registry.names())
+    _require(d.path is not None or not source_needs_path(d.source), "data.path", d.path,
+             f"data.source={d.source} needs data.path")
+    if o.weighting is not None:
+        _check_name("objective.weighting", o.weighting, list(WEIGHTINGS))
+    weighting = PROCESSES.get(o.process).default_weighting if o.weighting is None else o.weighting
+    _check_options("objective.args",
+                   lambda: check_objective_options(weighting, OmegaConf.to_container(o.args)))
+    _check_options("sampling.sampler_args",
+                   lambda: check_sampler_options(s.sampler, OmegaConf.to_container(s.sampler_args)))
 
 
 # ---------------------------------------------------------------- saving and identity

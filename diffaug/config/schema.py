@@ -2,7 +2,10 @@
 
 These dataclasses are the single source of truth for every option and its default. YAML files in
 ``configs/`` hold overrides only, and command-line ``key=value`` pairs override those. OmegaConf
-checks keys, types and ``Literal`` choices against this schema when a config is loaded.
+checks keys, types and ``Literal`` choices against this schema when a config is loaded. Names of
+registered components (data sources, networks, noise processes, samplers) are plain strings here: their
+registries are the one list of valid names, checked at load (``diffaug.config.load``), so a component
+registered from a new file is usable from a config without any edit here.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Any, Literal, Optional
 
 @dataclass
 class DataConfig:
-    # "idx": MNIST-format IDX files (e.g. Fashion-MNIST); "sklearn_digits": scikit-learn's bundled 8x8 digits.
-    source: Literal["folder", "shards", "idx", "sklearn_digits"] = "sklearn_digits"
+    # A name from diffaug.data.SOURCES: "folder", "shards", "idx" (MNIST-format IDX files, e.g.
+    # Fashion-MNIST), "sklearn_digits" (scikit-learn's bundled 8x8 digits).
+    source: str = "sklearn_digits"
     path: Optional[str] = None  # folder, IDX directory, or shard URL pattern ("data-{000..009}.tar", "pipe:...")
     val_path: Optional[str] = None  # separate validation shards; otherwise val_fraction of the training data
     split: Literal["train", "test"] = "train"
@@ -51,10 +55,12 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    process: Literal["ddpm", "ncsn", "vp", "subvp", "ve"] = "ddpm"
-    process_args: dict[str, Any] = field(default_factory=dict)  # e.g. {schedule: cosine, num_steps: 1000}
-    prediction: Literal["eps", "x0", "v", "score"] = "eps"
-    weighting: Optional[str] = None  # None: the objective's standard weighting
+    process: str = "ddpm"  # a name from diffaug.diffusion.PROCESSES
+    process_args: dict[str, Any] = field(default_factory=dict)  # e.g. {schedule: cosine, num_timesteps: 1000}
+    prediction: Literal["eps", "x0", "v", "score", "edm"] = "eps"  # see diffusion.denoiser
+    # A name from diffaug.diffusion.WEIGHTINGS ("edm": EDM's objective); None: the process's own default.
+    weighting: Optional[str] = None
+    args: dict[str, Any] = field(default_factory=dict)  # the objective's options, e.g. {min_snr_gamma: 5}
     label_dropout: float = 0.1  # probability of training on the null class, for classifier-free guidance
 
 

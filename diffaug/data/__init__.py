@@ -1,6 +1,13 @@
 """Data sources, pixel conventions and the Lightning data module."""
 
-from diffaug.data.base import SOURCES, ImageSource, SourceView, holdout_indices, select_indices
+from diffaug.data.base import (
+    SOURCES,
+    ImageSource,
+    SourceView,
+    holdout_indices,
+    select_indices,
+    source_needs_path,
+)
 from diffaug.data.classmap import ClassMap
 from diffaug.data.corrupt import CorruptDataError, CorruptionLog
 from diffaug.data.datamodule import DiffusionDataModule
@@ -29,6 +36,7 @@ __all__ = [
     "read_manifest",
     "holdout_indices",
     "select_indices",
+    "source_needs_path",
     "to_model_range",
     "to_uint8",
     "write_shards",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from abc import ABC, abstractmethod
 
@@ -19,6 +20,12 @@ logger = logging.getLogger(__name__)
 
 # name -> source class; map-style sources subclass ImageSource, "shards" is an IterableDataset.
 SOURCES: Registry[type] = Registry("data source")
+
+
+def source_needs_path(name: str) -> bool:
+    """Whether source ``name`` must be given a path: its constructor's ``path`` has no default."""
+    path = inspect.signature(SOURCES.get(name)).parameters.get("path")
+    return path is not None and path.default is inspect.Parameter.empty
 
 
 class ImageSource(ABC):

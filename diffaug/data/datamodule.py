@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from diffaug.data.base import SOURCES, ImageSource, SourceView, select_indices
+from diffaug.data.base import SOURCES, ImageSource, SourceView, select_indices, source_needs_path
 from diffaug.data.classmap import ClassMap
 from diffaug.data.corrupt import CorruptionLog, OnCorrupt, check_on_corrupt
 from diffaug.data.shards import MANIFEST_FILE, ShardDataset
@@ -19,7 +19,6 @@ from diffaug.data.transforms import ImageTransform, pil_mode_for
 
 logger = logging.getLogger(__name__)
 
-SourceName = Literal["folder", "shards", "idx", "sklearn_digits"]
 Split = Literal["train", "test"]
 
 
@@ -43,7 +42,7 @@ class DiffusionDataModule(pl.LightningDataModule):
     def __init__(
         self,
         *,
-        source: SourceName = "sklearn_digits",
+        source: str = "sklearn_digits",  # a name from SOURCES
         path: str | os.PathLike | None = None,
         split: Split = "train",
         resolution: int = 16,
@@ -100,7 +99,7 @@ class DiffusionDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"val_path is for source='shards'; source={source!r} splits off val_fraction instead"
             )
-        if source in ("folder", "idx") and path is None:
+        if path is None and source_needs_path(source):
             raise ValueError(f"source={source!r} needs path")
         self.source = source
         self.path = path

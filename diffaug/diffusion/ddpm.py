@@ -66,6 +66,7 @@ class DDPMProcess(GaussianProcess):
 
     name = "ddpm"
     discrete = True
+    default_weighting = "simple"  # Ho et al.'s L_simple
 
     def __init__(
         self,

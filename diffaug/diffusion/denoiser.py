@@ -1,31 +1,44 @@
-"""The parameterisation layer between a raw network and a noise process (in the spirit of EDM's
-preconditioning), and classifier-free guidance.
+"""The parameterisation layer between a raw network and a noise process (EDM's preconditioning), and
+classifier-free guidance.
 
-The network sees c_in x_t with c_in = 1 / sqrt(alpha^2 + sigma^2), which gives unit-variance inputs for
-unit-variance data: the identity for VP and DDPM, and a rescaling by up to 1/50 for VE and NCSN, whose raw
-x_t reaches sigma_max. Its output is read as one of the four equivalent predictions and converted into all
-of them:
+A :class:`Preconditioning` turns a raw network F into a denoiser (Karras et al. 2022, table 1):
+F sees c_in x_t and the conditioning value c_noise, and x0_hat = c_skip x_t + c_out F. Every
+parameterisation feeds F with c_in = 1 / sqrt(sigma^2 + alpha^2 sigma_data^2) (unit-variance inputs for
+data of standard deviation sigma_data: the identity for VP and DDPM with sigma_data = 1, a rescaling by up
+to 1/50 for VE and NCSN, whose raw x_t reaches sigma_max) and c_noise = ``process.noise_level(t)``. The
+output is read as one of the four predictions below, whose c_skip / c_out follow from their definition,
+or with EDM's own choice:
 
-- "eps":   the noise eps.
-- "x0":    the clean data x0.
+- "eps":   the noise eps (c_skip = 1 / alpha, c_out = -sigma / alpha).
+- "x0":    the clean data x0 (c_skip = 0, c_out = 1).
 - "v":     v = (alpha eps - sigma x0) / sqrt(alpha^2 + sigma^2) (Salimans & Ho 2022, normalised so that the
            target keeps unit variance on VE / NCSN too; the usual v for VP).
 - "score": sigma * score = sigma * grad log p_t(x_t) (= -eps_hat), the noise-scaled score of NCSNv2 and
            score_sde's scale_by_sigma, since a raw score grows like 1 / sigma.
+- "edm":   EDM's c_skip = sigma_data^2 / (s^2 + sigma_data^2), c_out = s sigma_data / sqrt(s^2 + sigma_data^2)
+           on x_t / alpha, with EDM's noise level s = sigma / alpha; sigma_data = 0.5.
+
+The first four are converted with their own formulas (:meth:`Predictions.from_output`), not through
+c_skip and c_out, which would change the last bits of their outputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from diffaug.diffusion.process import GaussianProcess, append_dims
 
-Prediction = Literal["eps", "x0", "v", "score"]
+if TYPE_CHECKING:  # the contract only: diffusion does not depend on the networks
+    from diffaug.nets.protocol import DenoiserNet
+
+Parameterisation = Literal["eps", "x0", "v", "score"]  # what the network's output is read as
+Prediction = Literal[Parameterisation, "edm"]
+EDM_SIGMA_DATA = 0.5  # the standard deviation of images in [-1, 1] that EDM assumes (Karras et al. 2022)
 
 # Anything called as denoiser(x_t, t, class_labels) -> x0_hat: a Denoiser or an analytic oracle.
 DenoiserFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
@@ -42,7 +55,7 @@ class Predictions:
 
     @classmethod
     def from_output(
-        cls, prediction: Prediction, output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor
+        cls, prediction: Parameterisation, output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor
     ) -> Predictions:
         """Interpret output as `prediction` for x_t = alpha x0 + sigma eps; alpha, sigma broadcast to x_t."""
         r2 = alpha**2 + sigma**2
@@ -59,9 +72,47 @@ class Predictions:
             eps = -output
             x0 = (x_t - sigma * eps) / alpha
         else:
-            raise ValueError(f"unknown prediction {prediction!r}; choose one of {get_args(Prediction)}")
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of {get_args(Parameterisation)}")
         v = (alpha * eps - sigma * x0) / r2.sqrt()
         return cls(x0=x0, eps=eps, v=v, score=-eps / sigma)
+
+
+@dataclass(frozen=True)
+class Preconditioning:
+    """c_skip, c_out, c_in, c_noise of one batch; every tensor broadcasts against x_t (c_noise: (N,))."""
+
+    c_skip: Tensor
+    c_out: Tensor
+    c_in: Tensor
+    c_noise: Tensor
+
+    @classmethod
+    def of(
+        cls,
+        prediction: Prediction,
+        alpha: Tensor,
+        sigma: Tensor,
+        c_noise: Tensor,
+        sigma_data: float = EDM_SIGMA_DATA,
+    ) -> Preconditioning:
+        """The coefficients of a parameterisation at alpha, sigma (broadcast to x_t)."""
+        if prediction == "edm":
+            s = sigma / alpha  # EDM's sigma: x_t / alpha = x0 + s eps
+            r2 = s**2 + sigma_data**2
+            return cls(c_skip=sigma_data**2 / r2 / alpha, c_out=s * sigma_data / r2.sqrt(),
+                       c_in=r2.rsqrt() / alpha, c_noise=c_noise)
+        c_in = (alpha**2 + sigma**2).rsqrt()  # = 1 / sqrt(sigma^2 + alpha^2 sigma_data^2), sigma_data = 1
+        c_skip, c_out = {
+            "eps": (1 / alpha, -sigma / alpha),
+            "x0": (torch.zeros_like(alpha), torch.ones_like(alpha)),
+            "v": (alpha * c_in**2, -sigma * c_in),
+            "score": (1 / alpha, sigma / alpha),
+        }[prediction]
+        return cls(c_skip=c_skip, c_out=c_out, c_in=c_in, c_noise=c_noise)
+
+    def denoised(self, output: Tensor, x_t: Tensor) -> Tensor:
+        """x0_hat = c_skip x_t + c_out F."""
+        return self.c_skip * x_t + self.c_out * output
 
 
 class Denoiser(nn.Module):
@@ -75,7 +126,7 @@ class Denoiser(nn.Module):
 
     def __init__(
         self,
-        net: nn.Module,
+        net: DenoiserNet,
         process: GaussianProcess,
         prediction: Prediction = "eps",
         num_classes: int | None = None,
@@ -125,14 +176,17 @@ class Denoiser(nn.Module):
         t = t.expand(n) if t.ndim == 0 else t
         dtype = torch.promote_types(x_t.dtype, torch.float32)  # conversions stay in full precision
         alpha, sigma = (append_dims(c, x_t.ndim).to(dtype) for c in self.process.alpha_sigma(t))
-        c_in = (alpha**2 + sigma**2).rsqrt()
-        noise_level = self.process.noise_level(t).to(dtype)  # float32 even for bf16 inputs: 999 != 1000
+        # c_noise in float32 even for bf16 inputs: 999 != 1000
+        pre = Preconditioning.of(self.prediction, alpha, sigma, self.process.noise_level(t).to(dtype))
         # The input in the weights' dtype: float32 noise into a bf16 net (bf16-true, bf16 weights), or bf16
         # training images into the float32 EMA. Autocast (bf16-mixed) keeps float32 weights and inputs.
         weight = next(self.net.parameters(), None)
-        x_in = (c_in * x_t).to(x_t.dtype if weight is None else weight.dtype)
-        output = self.net(x_in, noise_level, self._labels(class_labels, n, x_t.device))
-        return Predictions.from_output(self.prediction, output.to(dtype), x_t.to(dtype), alpha, sigma)
+        x_in = (pre.c_in * x_t).to(x_t.dtype if weight is None else weight.dtype)
+        output = self.net(x_in, pre.c_noise, self._labels(class_labels, n, x_t.device)).to(dtype)
+        x_t = x_t.to(dtype)
+        if self.prediction == "edm":
+            return Predictions.from_output("x0", pre.denoised(output, x_t), x_t, alpha, sigma)
+        return Predictions.from_output(self.prediction, output, x_t, alpha, sigma)
 
     def forward(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         return self.predict(x_t, t, class_labels).x0

@@ -11,25 +11,32 @@ SNR = alpha^2 / sigma^2. Weightings:
 - "likelihood":    lambda(t) = g(t)^2, the likelihood weighting of Song et al. (2021).
 - "min_snr":       min(SNR, gamma) (Hang et al. 2023, min-SNR-gamma).
 - "truncated_snr": max(SNR, 1) (Salimans & Ho 2022).
+- "edm":           EDM's objective (Karras et al. 2022, :class:`EDMObjective`): log-normal noise levels and
+                   lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2.
 
+A process names its own default (``GaussianProcess.default_weighting``). The objective's keyword options
+(``objective.args`` in a config) are checked by :func:`check_objective_options`.
 Losses are means over all non-batch dimensions, so their scale does not depend on the image size.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+import inspect
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
 
-from diffaug.diffusion.denoiser import Predictions
+from diffaug.diffusion.denoiser import Prediction, Predictions
 from diffaug.diffusion.process import GaussianProcess, append_dims
+from diffaug.registry import did_you_mean
 
 Target = Literal["eps", "x0", "v"]
 
 Weighting = Literal["simple", "sigma2", "likelihood", "min_snr", "truncated_snr"]
-
-DEFAULT_WEIGHTING = {"ddpm": "simple", "ncsn": "sigma2", "vp": "sigma2", "subvp": "sigma2", "ve": "sigma2"}
+EDM = "edm"
+WEIGHTINGS: tuple[str, ...] = (*get_args(Weighting), EDM)
 
 
 def drop_labels(
@@ -42,12 +49,25 @@ def drop_labels(
     return torch.where(drop, torch.full_like(labels, null_class), labels)
 
 
+def _check_target(target: str | None) -> None:
+    if target is not None and target not in get_args(Target):
+        raise ValueError(f"unknown loss target {target!r}; choose one of {get_args(Target)} or None")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and value > 0):
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
 class Objective:
     """Denoising loss of a process under one weighting.
 
-    target: the regression target; None follows the denoiser's own prediction ("score" nets regress
-    sigma * score = -eps, so they use the eps target).
+    weighting: None takes the process's own (``process.default_weighting``). target: the regression
+    target; None follows the denoiser's own prediction ("score" nets regress sigma * score = -eps, so they
+    use the eps target). min_snr_gamma: the gamma of the "min_snr" weighting.
     """
+
+    weightings: ClassVar[tuple[str, ...]] = get_args(Weighting)  # those this class implements
 
     def __init__(
         self,
@@ -58,14 +78,12 @@ class Objective:
         min_snr_gamma: float = 5.0,
     ):
         self.process = process
-        weighting = DEFAULT_WEIGHTING[process.name] if weighting is None else weighting
-        if weighting not in get_args(Weighting):
-            raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {get_args(Weighting)}")
-        self.weighting: Weighting = weighting
-        if target is not None and target not in get_args(Target):
-            raise ValueError(f"unknown loss target {target!r}; choose one of {get_args(Target)} or None")
-        if min_snr_gamma <= 0:
-            raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
+        weighting = process.default_weighting if weighting is None else weighting
+        if weighting not in self.weightings:
+            raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}")
+        self.weighting: str = weighting
+        _check_target(target)
+        _check_positive("min_snr_gamma", min_snr_gamma)
         self.target = target
         self.min_snr_gamma = min_snr_gamma
 
@@ -73,10 +91,29 @@ class Objective:
         if self.target is not None:
             return self.target
         prediction = getattr(denoiser, "prediction", None)
-        if prediction not in ("eps", "x0", "v", "score"):
+        if prediction not in get_args(Prediction):
             raise ValueError(f"cannot infer the loss target from a denoiser with prediction {prediction!r}; "
                              f"pass target= one of {get_args(Target)}")
-        return "eps" if prediction == "score" else prediction
+        # EDM's network is trained through D, its x0_hat (Karras et al. 2022, eq. 2)
+        return {"score": "eps", "edm": "x0"}.get(prediction, prediction)
+
+    def sample_t(self, n: int, device: torch.device | str, generator: torch.Generator | None) -> Tensor:
+        """Training times (n,): the process's own distribution (uniform over its steps or its range)."""
+        return self.process.sample_train_t(n, device, generator)
+
+    def x0_weight(self, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The weighting as a factor (N,) on the data-space error ||x0_hat - x0||^2 (all but "simple",
+        which is 1 on the error of whatever the target is)."""
+        snr = alpha**2 / sigma**2
+        if self.weighting == "sigma2":
+            return snr
+        if self.weighting == "likelihood":
+            _, g = self.process.sde(t)
+            # g^2 ||s_hat - s||^2 with s_hat - s = alpha (x0_hat - x0) / sigma^2
+            return g**2 * snr / sigma**2
+        if self.weighting == "min_snr":
+            return snr.clamp(max=self.min_snr_gamma)
+        return snr.clamp(min=1.0)  # "truncated_snr"
 
     def weight(self, t: Tensor, target: Target) -> Tensor:
         """Factor (N,) on the target-space squared error that realises the weighting."""
@@ -84,18 +121,8 @@ class Objective:
             return torch.ones_like(t)
         alpha, sigma = self.process.alpha_sigma(t)
         snr = alpha**2 / sigma**2
-        if self.weighting == "sigma2":
-            x0_weight = snr
-        elif self.weighting == "likelihood":
-            _, g = self.process.sde(t)
-            # g^2 ||s_hat - s||^2 with s_hat - s = alpha (x0_hat - x0) / sigma^2
-            x0_weight = g**2 * snr / sigma**2
-        elif self.weighting == "min_snr":
-            x0_weight = snr.clamp(max=self.min_snr_gamma)
-        else:
-            x0_weight = snr.clamp(min=1.0)
         native = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[target]  # target error / x0 error
-        return x0_weight / native
+        return self.x0_weight(t, alpha, sigma) / native
 
     def loss(
         self,
@@ -111,7 +138,7 @@ class Objective:
         """
         target = self._target(denoiser)
         n = x0.shape[0]
-        t = self.process.sample_train_t(n, x0.device, generator)  # (N,)
+        t = self.sample_t(n, x0.device, generator)  # (N,)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # (N, C, H, W)
         x_t = self.process.q_sample(x0, t, eps)
         pred: Predictions = denoiser.predict(x_t, t, class_labels)
@@ -126,15 +153,73 @@ class Objective:
         return self.weight(t, target).to(mse.dtype) * mse, t
 
 
-def build_objective(
-    process: GaussianProcess,
-    *,
-    weighting: str | None = None,
-    target: Target | None = None,
-    min_snr_gamma: float = 5.0,
-) -> Objective:
-    """The objective for a process; weighting None picks the process's standard one (DEFAULT_WEIGHTING)."""
-    return Objective(process, weighting=weighting, target=target, min_snr_gamma=min_snr_gamma)
+class EDMObjective(Objective):
+    """EDM's training objective (Karras et al. 2022, section 5 and table 1) on any process.
+
+    EDM's noise level is sigma_edm = sigma / alpha (x_t / alpha = x0 + sigma_edm eps); ln(sigma_edm) is drawn
+    from N(p_mean, p_std^2) and mapped to the process's own time, clamped to its range [t_min, t_max] (for
+    the VE SDE's defaults that clips about 0.2% of the draws, below sigma_min = 0.01). The data-space error
+    is weighted by lambda = (sigma_edm^2 + sigma_data^2) / (sigma_edm sigma_data)^2.
+    """
+
+    weightings = (EDM,)
+
+    def __init__(
+        self,
+        process: GaussianProcess,
+        *,
+        target: Target | None = None,
+        sigma_data: float = 0.5,
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
+    ):
+        super().__init__(process, weighting=EDM, target=target)
+        _check_positive("sigma_data", sigma_data)
+        _check_positive("p_std", p_std)
+        self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
+
+    def sample_t(self, n: int, device: torch.device | str, generator: torch.Generator | None) -> Tensor:
+        log_sigma = self.p_mean + self.p_std * torch.randn(n, generator=generator, device=device)  # (N,)
+        t = self.process.t_from_log_snr(-log_sigma)  # log-SNR = -ln(sigma_edm)
+        return (t.round() if self.process.discrete else t).float()
+
+    def x0_weight(self, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        sigma_edm = sigma / alpha
+        return (sigma_edm**2 + self.sigma_data**2) / (sigma_edm * self.sigma_data) ** 2
+
+
+def _objective_class(weighting: str) -> type[Objective]:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}")
+    return EDMObjective if weighting == EDM else Objective
+
+
+def check_objective_options(weighting: str, options: Mapping[str, Any]) -> None:
+    """TypeError for an option the weighting's objective does not take, ValueError for a bad value
+    (a config's objective.args, checked when it is loaded)."""
+    cls = _objective_class(weighting)
+    parameters = inspect.signature(cls).parameters.values()
+    valid = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "weighting"]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"the objective of weighting {weighting!r} has no option(s) {unknown}; its options are: "
+            f"{', '.join(valid)}.{did_you_mean(unknown[0], valid)}"
+        )
+    _check_target(options.get("target"))
+    for name in ("min_snr_gamma", "sigma_data", "p_std"):
+        if name in options:
+            _check_positive(name, options[name])
+
+
+def build_objective(process: GaussianProcess, *, weighting: str | None = None, **options: Any) -> Objective:
+    """The objective for a process; weighting None picks the process's own (``default_weighting``),
+    "edm" EDM's objective. options: the objective's keyword options (target, min_snr_gamma, ...)."""
+    weighting = process.default_weighting if weighting is None else weighting
+    check_objective_options(weighting, options)
+    if _objective_class(weighting) is EDMObjective:
+        return EDMObjective(process, **options)
+    return Objective(process, weighting=weighting, **options)
 
 
 def bucket_losses(

@@ -28,7 +28,7 @@ PROCESSES: Registry[type[GaussianProcess]] = Registry("noise process")
 
 
 def build_process(name: str, **kwargs) -> GaussianProcess:
-    """Build a process by registry name ("ddpm", "ncsn", "vp", "subvp", "ve") with its keyword arguments."""
+    """Build a process by registry name (see ``PROCESSES.names()``) with its keyword arguments."""
     return PROCESSES.get(name)(**kwargs)
 
 
@@ -57,6 +57,9 @@ class GaussianProcess(ABC):
 
     name: ClassVar[str]
     discrete: ClassVar[bool]  # training and sampling times are integer step indices
+    # The loss weighting an objective uses when the config names none (see diffusion.losses): denoising
+    # score matching's sigma^2, which the NCSN and SDE papers train with; DDPM overrides it with L_simple.
+    default_weighting: ClassVar[str] = "sigma2"
 
     def __init__(self, *, t_min: float, t_max: float):
         self.t_min = float(t_min)

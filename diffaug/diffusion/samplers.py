@@ -35,7 +35,19 @@ SAMPLERS: Registry[SamplerFn] = Registry("sampler")
 
 Predictor = Literal["reverse_diffusion", "euler"]
 
-DEFAULT_SPACING: dict[str, Spacing] = {"dpmpp_2m": "logsnr", "langevin": "logsnr"}
+DEFAULT_SPACING: dict[str, Spacing] = {}  # sampler name -> the grid spacing it runs on unless told otherwise
+
+
+def register_sampler(name: str, *, spacing: Spacing = "time") -> Callable[[SamplerFn], SamplerFn]:
+    """Register a sampler function under ``name``, with the time grid spacing ``sample`` gives it by default
+    (see GaussianProcess.timesteps). Its keyword-only parameters are its options (sampling.sampler_args)."""
+
+    def decorator(fn: SamplerFn) -> SamplerFn:
+        SAMPLERS.register(name)(fn)
+        DEFAULT_SPACING[name] = spacing
+        return fn
+
+    return decorator
 
 
 def _score(process: GaussianProcess, x: Tensor, x0: Tensor, t: Tensor) -> Tensor:
@@ -48,7 +60,7 @@ def _steps(grid: Tensor):
     return zip(grid[:-1], grid[1:])
 
 
-@SAMPLERS.register("ddpm")
+@register_sampler("ddpm")
 def ddpm(
     denoise: DenoiseAt, process: GaussianProcess, grid: Tensor, x: Tensor, rng: StackedRandomGenerator
 ) -> Tensor:
@@ -61,7 +73,7 @@ def ddpm(
     return denoise(x, grid[-1])
 
 
-@SAMPLERS.register("ddim")
+@register_sampler("ddim")
 def ddim(
     denoise: DenoiseAt,
     process: GaussianProcess,
@@ -85,7 +97,7 @@ def ddim(
     return denoise(x, grid[-1])
 
 
-@SAMPLERS.register("euler_maruyama")
+@register_sampler("euler_maruyama")
 def euler_maruyama(
     denoise: DenoiseAt, process: GaussianProcess, grid: Tensor, x: Tensor, rng: StackedRandomGenerator
 ) -> Tensor:
@@ -118,7 +130,7 @@ def _langevin_step(
     return x + step * score + (2 * step).sqrt() * rng.randn_like(x)
 
 
-@SAMPLERS.register("langevin")
+@register_sampler("langevin", spacing="logsnr")
 def langevin(
     denoise: DenoiseAt,
     process: GaussianProcess,
@@ -136,7 +148,7 @@ def langevin(
     return denoise(x, grid[-1])
 
 
-@SAMPLERS.register("pc")
+@register_sampler("pc")
 def predictor_corrector(
     denoise: DenoiseAt,
     process: GaussianProcess,
@@ -169,7 +181,7 @@ def predictor_corrector(
     return denoise(correct(x, grid[-1]), grid[-1])
 
 
-@SAMPLERS.register("pf_ode_heun")
+@register_sampler("pf_ode_heun")
 def pf_ode_heun(
     denoise: DenoiseAt, process: GaussianProcess, grid: Tensor, x: Tensor, rng: StackedRandomGenerator
 ) -> Tensor:
@@ -190,7 +202,7 @@ def pf_ode_heun(
     return denoise(x, grid[-1])
 
 
-@SAMPLERS.register("dpmpp_2m")
+@register_sampler("dpmpp_2m", spacing="logsnr")
 def dpmpp_2m(
     denoise: DenoiseAt, process: GaussianProcess, grid: Tensor, x: Tensor, rng: StackedRandomGenerator
 ) -> Tensor:

@@ -83,6 +83,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, backend: AttentionBackend = "sdpa
     raise _unknown_backend(backend)
 
 
+# LoRA targets of a network whose attention layers are MultiHeadSelfAttention modules named ``attn``: the
+# qkv and output projections.
+ATTENTION_LORA_TARGETS: tuple[str, ...] = (r"(^|\.)attn\.(qkv|proj)$",)
+
+
 class MultiHeadSelfAttention(nn.Module):
     """qkv projection -> attention over the L tokens -> output projection; (N, L, dim) -> (N, L, dim)."""
 

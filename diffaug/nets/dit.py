@@ -8,6 +8,7 @@ network outputs exactly zero at initialisation.
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 
 import torch
@@ -16,9 +17,10 @@ from timm.layers import Mlp, PatchEmbed
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from diffaug.nets.attention import AttentionBackend, MultiHeadSelfAttention
+from diffaug.nets.attention import ATTENTION_LORA_TARGETS, AttentionBackend, MultiHeadSelfAttention
 from diffaug.nets.checks import check_image_batch
-from diffaug.nets.embeddings import ConditionEmbedding
+from diffaug.nets.embeddings import CLASS_TABLE, ConditionEmbedding
+from diffaug.nets.presets import NETS, preset
 
 
 def sincos_2d_position_embedding(dim: int, grid_size: int) -> Tensor:
@@ -79,6 +81,10 @@ class DiT(nn.Module):
     learn_sigma=True doubles the output channels (N, 2C, H, W) as in the paper; it exists to match the paper's
     parameter counts and checkpoints, the diffusion objectives here expect learn_sigma=False.
     """
+
+    class_table = CLASS_TABLE
+    # Attention projections and the transformer blocks' MLPs (not the MLP that embeds the noise level).
+    lora_targets = (*ATTENTION_LORA_TARGETS, r"(^|\.)blocks\.\d+\.mlp\.fc[12]$")
 
     def __init__(
         self,
@@ -162,3 +168,17 @@ class DiT(nn.Module):
             else:
                 h = block(h, c)
         return self.unpatchify(self.final_layer(h, c))  # (N, C_out, H, W)
+
+
+# ------------------------------------------------------------------------------------------ presets
+
+# The paper's S/B/L/XL (depth, width, heads) at patch sizes 2, 4 and 8 ("dit-b-4"), plus a tiny one for tests.
+DIT_SIZES = {
+    "s": dict(depth=12, hidden_size=384, num_heads=6),
+    "b": dict(depth=12, hidden_size=768, num_heads=12),
+    "l": dict(depth=24, hidden_size=1024, num_heads=16),
+    "xl": dict(depth=28, hidden_size=1152, num_heads=16),
+}
+NETS.add("dit-tiny", preset(DiT, patch_size=2, depth=2, hidden_size=64, num_heads=4))
+for _size, _patch in itertools.product(DIT_SIZES, (2, 4, 8)):
+    NETS.add(f"dit-{_size}-{_patch}", preset(DiT, patch_size=_patch, **DIT_SIZES[_size]))

@@ -59,6 +59,10 @@ class ClassEmbedding(nn.Module):
         return self.table(class_labels)
 
 
+# The class table's state-dict key in a network that keeps its ConditionEmbedding as ``self.cond``.
+CLASS_TABLE = "cond.classes.table.weight"
+
+
 class ConditionEmbedding(nn.Module):
     """emb = NoiseLevelEmbedding(noise_level) [+ ClassEmbedding(class_labels)], with input validation.
 

@@ -10,6 +10,7 @@ initialisation and each block starts as the identity.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -17,9 +18,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from diffaug.nets.attention import AttentionBackend, MultiHeadSelfAttention
+from diffaug.nets.attention import ATTENTION_LORA_TARGETS, AttentionBackend, MultiHeadSelfAttention
 from diffaug.nets.checks import check_image_batch
-from diffaug.nets.embeddings import ConditionEmbedding
+from diffaug.nets.embeddings import CLASS_TABLE, ConditionEmbedding
+from diffaug.nets.presets import NETS, NetFactory, build_with, preset
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -108,6 +110,9 @@ class UNet(nn.Module):
     (measured on one CPU: 4-8% faster in fp32, 7-18% slower in bf16; see benchmarks/); inputs and outputs
     keep the usual layout.
     """
+
+    class_table = CLASS_TABLE
+    lora_targets = ATTENTION_LORA_TARGETS
 
     def __init__(
         self,
@@ -235,3 +240,29 @@ class UNet(nn.Module):
         for block in self.up_blocks:
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h).contiguous()  # (N, in_channels, H, W), in the usual layout whatever the inside
+
+
+# ------------------------------------------------------------------------------------------ presets
+
+
+def _attention_at_lowest(**defaults: Any) -> NetFactory:
+    """UNet factory whose attention sits at the lowest level wherever an overridden resolution puts it."""
+
+    def factory(**overrides: Any) -> nn.Module:
+        kwargs = {"resolution": 32, **defaults, **overrides}
+        lowest = kwargs["resolution"] // 2 ** (len(kwargs["channel_mult"]) - 1)
+        kwargs.setdefault("attention_resolutions", (lowest,))
+        return build_with(UNet, kwargs)
+
+    return factory
+
+
+# "unet-ddpm-cifar10" is Ho et al.'s CIFAR-10 model (35.7M); "unet-adm-cifar10" the improved-DDPM one.
+NETS.add("unet-tiny", _attention_at_lowest(model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                                           norm_groups=8))
+NETS.add("unet-small", _attention_at_lowest(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=2,
+                                            norm_groups=8))
+NETS.add("unet-ddpm-cifar10", preset(UNet, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                                     attention_resolutions=(16,), dropout=0.1, use_scale_shift_norm=False))
+NETS.add("unet-adm-cifar10", preset(UNet, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=3,
+                                    attention_resolutions=(16, 8), num_heads=4, dropout=0.3))
