@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # Settings that cannot change the images; left out of the dataset card so equal sets have equal cards.
 RUNTIME_KEYS = (("sampling", "batch_size"), ("sampling", "device"), ("export", "out_dir"), ("logging", None))
 
+
 def _source_images(root: str, class_map: ClassMap) -> tuple[tuple[str, ...], ...]:
     """Per checkpoint class: the sorted image paths of its sub-folder of ``root`` (empty if none)."""
     folder = FolderSource(path=root)
@@ -160,14 +161,15 @@ def export_augmentation_set(
     """Export a labelled synthetic set from ``checkpoint`` as the ``export.*``/``sampling.*`` settings say.
 
     ``rank``/``world_size`` pick this process's part (default: torch.distributed, then a SLURM array, else
-    everything). ``finalize=False`` leaves the manifests, shards and card to :func:`finalize_export`.
+    everything). ``finalize=False`` leaves the manifests, shards and card to
+    :func:`diffaug.augset.finalize_export`.
     ``classifier`` / ``dedup_features`` are callables used instead of the TorchScript files named by
     ``export.classifier`` / ``export.dedup_features``; ``real_counts`` (class name -> training images)
     replaces counting the training data for ``export.multiple`` / ``export.balance``.
     """
     model = load_model(checkpoint, overrides, device=device)
     cfg, class_map, settings = model.cfg, model.class_map, model.settings
-    s, e = cfg.sampling, cfg.export
+    e = cfg.export
     check_quota_mode(per_class=e.per_class, multiple=e.multiple, balance=e.balance)  # before reading data
     partition = resolve_partition(rank, world_size)
     joined = init_distributed_if_launched(partition)
