@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     from diffaug.checkpoint import CheckpointError
-    from diffaug.sampling import export_augmentation_set, finalize_export, sample_grid
+    from diffaug.augset import finalize_export
+    from diffaug.sampling import export_augmentation_set, sample_grid
 
     try:
         if args.finalize:

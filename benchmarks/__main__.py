@@ -173,7 +173,7 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda results:
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.device import slug
     from benchmarks.report import markdown
-    from diffaug.sampling.atomic import atomic_write_bytes
+    from diffaug.augset.files import atomic_write_bytes
 
     args = parse_args(argv)
     written: dict[str, str] = {}

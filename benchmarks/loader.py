@@ -9,7 +9,8 @@ from pathlib import Path
 
 def write_digit_shards(directory: Path, maxcount: int = 500) -> Path:
     """scikit-learn's 1,797 digits as PNG webdataset shards (with manifest and classes.json)."""
-    from diffaug.data import DigitsSource, write_shards
+    from diffaug.augset import write_shards
+    from diffaug.data import DigitsSource
 
     source = DigitsSource()
     samples = ((source.load(i), int(source.targets[i])) for i in range(len(source)))

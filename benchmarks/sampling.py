@@ -42,10 +42,10 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 def our_sampler(config: BenchConfig, device: torch.device, precision: str,
                 microbatch: int) -> tuple[Callable[[SamplerSpec, int, int], torch.Tensor], torch.nn.Module]:
     """``fn(spec, batch, first_seed) -> uint8 images`` and the network it runs."""
+    from diffaug.augset.plan import WorkItem
     from diffaug.build import build_denoiser
     from diffaug.config import load_config
     from diffaug.sampling.generate import generate_images
-    from diffaug.sampling.plan import WorkItem
 
     cfg = load_config([], [f"model.net={config.net}", f"data.channels={config.channels}",
                            f"data.resolution={config.resolution}"])

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diffaug.data import ClassMap, write_shards
+from diffaug.augset import write_shards
+from diffaug.data import ClassMap
 from diffaug.data.transforms import to_uint8
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

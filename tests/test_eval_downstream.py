@@ -61,7 +61,7 @@ def test_bpd_cli_on_a_vp_checkpoint(tmp_path, capsys):
     """The command's wiring (data, dequantisation, seeds, the bits formula) against a direct computation; the
     likelihood itself is checked against exact densities in test_diffusion_likelihood.py."""
     from diffaug.diffusion import bits_per_dim, dequantize, ode_likelihood
-    from diffaug.sampling.api import load_model
+    from diffaug.sampling.model import load_model
 
     checkpoint = make_checkpoint(tmp_path, overrides=("objective.process=vp",))
     common = ["data.source=sklearn_digits", "data.resolution=8", "eval.likelihood.max_items=6",

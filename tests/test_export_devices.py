@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from diffaug.augset.plan import ExportPlan
 from diffaug.config import ConfigError
 from diffaug.sampling import export_augmentation_set
-from diffaug.sampling.plan import ExportPlan
 from tests.export_helpers import make_checkpoint, one_cpu_thread, tree_digest  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")

@@ -14,15 +14,9 @@ from PIL import Image
 from diffaug.config import ConfigError
 from diffaug.data import DiffusionDataModule, ImageTransform, to_model_range, to_uint8
 from diffaug.diffusion import sample
-from diffaug.sampling import (
-    export_augmentation_set,
-    file_sha256,
-    finalize_export,
-    load_model,
-    sanitize_class_names,
-)
+from diffaug.augset import derive_seed, file_sha256, finalize_export, sanitize_class_names
+from diffaug.sampling import export_augmentation_set, load_model
 from diffaug.sampling.fixed_shape import FixedShapeDenoiser
-from diffaug.sampling.seeds import derive_seed
 from tests.export_helpers import make_checkpoint, one_cpu_thread, tree_digest  # noqa: F401 (fixture)
 
 NAMES = ("cat", "dog", "bird")

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from diffaug.augset import seeds as seeds_module
+from diffaug.augset.files import atomic_write_bytes, is_temp_name, remove_temp_files, temp_path
+from diffaug.augset.names import sanitize_class_names
+from diffaug.augset.plan import build_items, items_of_part
+from diffaug.augset.records import RecordLog, log_path, read_records
+from diffaug.augset.seeds import derive_seed
+from diffaug.augset.shards import write_tar
 from diffaug.config import ConfigError
-from diffaug.sampling import seeds as seeds_module
-from diffaug.sampling.atomic import atomic_write_bytes, is_temp_name, remove_temp_files, temp_path
-from diffaug.sampling.names import sanitize_class_names
-from diffaug.sampling.plan import build_items, items_of_part, resolve_guidance
 from diffaug.sampling.quotas import compute_quotas
 from diffaug.sampling.ranks import resolve_partition
-from diffaug.sampling.records import RecordLog, log_path, read_records
-from diffaug.sampling.seeds import derive_seed
-from diffaug.sampling.writers import write_tar_atomic
+from diffaug.sampling.settings import resolve_guidance
 
 # ---------------------------------------------------------------- seeds
 
@@ -235,10 +236,10 @@ def test_atomic_write_leaves_no_temp_file_and_cleanup_is_per_part(tmp_path):
 
 
 def test_tar_shards_are_byte_reproducible(tmp_path):
-    members = [(f"k{i}.png", bytes([i]) * (i + 1)) for i in range(5)]
-    write_tar_atomic(tmp_path / "a.tar", members, tag="t")
+    members = [{"__key__": f"k{i}", "png": bytes([i]) * (i + 1)} for i in range(5)]
+    write_tar(tmp_path / "a.tar", members, tag="t")
     os.utime(tmp_path, (0, 12345))
-    write_tar_atomic(tmp_path / "b.tar", members, tag="t")
+    write_tar(tmp_path / "b.tar", members, tag="t")
     a, b = (tmp_path / "a.tar").read_bytes(), (tmp_path / "b.tar").read_bytes()
     assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest()
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["a.tar", "b.tar"]

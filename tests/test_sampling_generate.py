@@ -5,10 +5,10 @@ import logging
 import pytest
 import torch
 
+from diffaug.augset.plan import build_items
 from diffaug.config import ConfigError
 from diffaug.sampling.fixed_shape import FixedShapeDenoiser
 from diffaug.sampling.generate import autocast_for, generate_images, resolve_device
-from diffaug.sampling.plan import build_items
 from tests.export_helpers import make_checkpoint, one_cpu_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")

@@ -19,6 +19,7 @@ from diffaug.diffusion.losses import drop_labels
 from diffaug.diffusion.process import build_process
 from diffaug.diffusion.rng import StackedRandomGenerator
 from diffaug.nets.embeddings import sinusoidal_embedding
+from diffaug.sampling.settings import SampleSettings
 from diffaug.training.callbacks import SampleGrid
 from diffaug.training.ema import EMA
 from diffaug.training.quality_monitor import quality_samples
@@ -116,14 +117,13 @@ def denoisers():
 
 def test_sample_grids_and_the_quality_monitor_sample_bf16_weights(denoisers):
     fp32, bf16 = denoisers
-    grid = SampleGrid(every_n_steps=1, out_dir=".", class_names=["a", "b", "c"], sampler="ddim", steps=4,
-                      per_class=2)
+    settings = SampleSettings(sampler="ddim", steps=4, seed=0, batch_size=4, microbatch=4)
+    grid = SampleGrid(every_n_steps=1, out_dir=".", class_names=["a", "b", "c"], settings=settings, per_class=2)
     module = {name: SimpleNamespace(ema=SimpleNamespace(module=d), device=torch.device("cpu"))
               for name, d in (("fp32", fp32), ("bf16", bf16))}
     grids = {name: grid.make_grid(m) for name, m in module.items()}  # (C, H', W') uint8
-    settings = dict(n=6, num_classes=3, sampler="ddim", steps=4, guidance_scale=1.0, sampler_args={}, seed=0,
-                    batch_size=4, device=torch.device("cpu"))
-    images = {name: quality_samples(d, **settings)[0] for name, d in (("fp32", fp32), ("bf16", bf16))}
+    images = {name: quality_samples(d, n=6, class_names=["a", "b", "c"], settings=settings,
+                                    device=torch.device("cpu"))[0] for name, d in (("fp32", fp32), ("bf16", bf16))}
     for pair in (grids, images):
         a, b = pair["fp32"].float(), pair["bf16"].float()
         assert a.shape == b.shape and a.std() > 5  # real images, not a constant

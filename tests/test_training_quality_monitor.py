@@ -12,6 +12,7 @@ from diffaug.evaluation import load_real
 from diffaug.evaluation.features import random_features
 from diffaug.evaluation.manifold import precision_recall
 from diffaug.evaluation.quality import fid_kid
+from diffaug.sampling.settings import SampleSettings
 from diffaug.training import train
 from diffaug.training.quality_monitor import quality_samples
 from tests.training_helpers import one_torch_thread, tiny_config  # noqa: F401
@@ -37,8 +38,9 @@ def test_fid_logged_every_n_steps_matches_the_final_ema_weights(tmp_path):
 
     # Recompute the step-8 numbers from the exported EMA weights: the monitor scored exactly those.
     denoiser, _, _, class_map = load_for_inference(result.weights, use_ema=True, map_location="cpu")
-    images, _ = quality_samples(denoiser, n=30, num_classes=len(class_map.names), sampler="ddim", steps=4,
-                                guidance_scale=1.0, sampler_args={"clip_x0": True}, seed=0, batch_size=16,
+    settings = SampleSettings(sampler="ddim", steps=4, guidance_scale=1.0, sampler_args={"clip_x0": True},
+                              seed=0, batch_size=16)
+    images, _ = quality_samples(denoiser, n=30, class_names=class_map.names, settings=settings,
                                 device=torch.device("cpu"))
     extractor = random_features(in_channels=1, seed=0, device=torch.device("cpu"))
     reference = load_real(source="sklearn_digits", path=None, split="test", resolution=8, channels=1, max_items=120)

@@ -38,10 +38,10 @@ def test_run_directory_contents(run):
     assert result.weights == result.run_dir / "model.safetensors" and result.weights.is_file()
     saved = OmegaConf.to_container(OmegaConf.load(result.run_dir / "config.yaml"), resolve=True)
     assert config_hash(saved) == config_hash(cfg)
-    # One row of 8 samples per class (10 digit classes), 8x8 images with 1-pixel padding.
+    # One row of 8 samples per class (10 digit classes), 8x8 images with 2-pixel gaps, as `diffaug sample` draws.
     for step in (4, 8):
         with Image.open(result.run_dir / "samples" / f"step_{step:07d}.png") as grid:
-            assert grid.size == (8 * 9 + 1, 10 * 9 + 1)
+            assert grid.size == (8 * 10 + 2, 10 * 10 + 2)
 
 
 def test_logged_metrics(run):
@@ -116,7 +116,7 @@ def test_unlabelled_data_trains_an_unconditional_model(tmp_path):
     assert class_map.names == ("all",)
     assert not denoiser.conditional and denoiser.net.cond.classes is None
     with Image.open(result.run_dir / "samples" / "step_0000002.png") as grid:
-        assert grid.size == (8 * 9 + 1, 1 * 9 + 1)  # one row
+        assert grid.size == (8 * 10 + 2, 1 * 10 + 2)  # one row
 
 
 class _KeepModule(pl.Callback):

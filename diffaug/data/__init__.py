@@ -13,7 +13,7 @@ from diffaug.data.corrupt import CorruptDataError, CorruptionLog
 from diffaug.data.datamodule import DiffusionDataModule
 from diffaug.data.folder import FolderSource
 from diffaug.data.idx import IdxFormatError, IdxSource, read_idx, read_idx_header
-from diffaug.data.shards import ShardDataset, read_manifest, write_shards
+from diffaug.data.shards import ShardDataset, read_manifest
 from diffaug.data.sklearn_digits import DigitsSource
 from diffaug.data.transforms import ImageTransform, to_model_range, to_uint8
 
@@ -39,5 +39,4 @@ __all__ = [
     "source_needs_path",
     "to_model_range",
     "to_uint8",
-    "write_shards",
 ]

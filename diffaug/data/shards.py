@@ -1,6 +1,6 @@
-"""webdataset tar shards: reading (with per-rank / per-worker sharding and loss checks) and writing.
+"""Reading webdataset tar shards, with per-rank / per-worker sharding and loss checks.
 
-Shard layout, as written by :func:`write_shards` and the exporter::
+Shard layout, as written by :func:`diffaug.augset.write_shards` and the exporter::
 
     <dir>/shard-000000.tar   members <key>.png (any image extension), <key>.cls (ASCII class index),
                              optional <key>.json (metadata)
@@ -24,11 +24,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
-import numpy as np
-import torch
 import webdataset as wds
 from PIL import Image
 from torch import Tensor
@@ -119,83 +116,6 @@ def read_manifest(path: str | os.PathLike) -> dict[str, int]:
             f'shard manifest {path} must map shard file names to sample counts, e.g. {{"a.tar": 128}}'
         )
     return data
-
-
-# -------------------------------------------------------------------------------------------- writing
-
-
-def _encode_image(image: Any, fmt: str) -> bytes:
-    if isinstance(image, Tensor):
-        if image.dtype != torch.uint8:
-            raise TypeError(
-                f"image tensors must be uint8 (C, H, W); convert with to_uint8 first, got {image.dtype}"
-            )
-        image = image.permute(1, 2, 0).squeeze(-1).cpu().numpy() if image.ndim == 3 else image.cpu().numpy()
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise TypeError(f"image arrays must be uint8 (H, W) or (H, W, C), got {image.dtype}")
-        image = Image.fromarray(image)
-    if not isinstance(image, Image.Image):
-        raise TypeError(
-            f"cannot encode an image of type {type(image).__name__}; give PIL, numpy or a uint8 tensor"
-        )
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG" if fmt in ("jpg", "jpeg") else fmt.upper())
-    return buffer.getvalue()
-
-
-def write_shards(
-    samples: Iterable[tuple],
-    pattern: str | os.PathLike,
-    *,
-    maxcount: int,
-    class_map: ClassMap | None = None,
-    image_format: str = "png",
-) -> dict[str, int]:
-    """Write ``(image, label)`` or ``(image, label, metadata_dict)`` samples to tar shards.
-
-    ``pattern`` is a printf pattern such as ``out/shard-%06d.tar``. Next to the shards go the manifest
-    ``shards.json`` and, with ``class_map``, ``classes.json``. Images are PIL images, uint8 arrays
-    (H, W[, C]) or uint8 tensors (C, H, W). Returns the manifest (shard file name -> sample count).
-    """
-    if maxcount < 1:
-        raise ValueError(f"maxcount must be at least 1, got {maxcount}")
-    pattern = str(pattern)
-    directory = Path(pattern).parent
-    directory.mkdir(parents=True, exist_ok=True)
-    iterator = iter(samples)
-    first = next(iterator, None)
-    if first is None:
-        raise ValueError("write_shards got no samples")
-    counts: dict[str, int] = {}
-    # mtime fixed so that the same samples give byte-identical shards.
-    with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0, encoder=False, mtime=0.0) as sink:
-        for index, sample in enumerate(_chain(first, iterator)):
-            image, label, *extra = sample
-            label = int(label)
-            if class_map is not None and not 0 <= label < len(class_map):
-                raise ValueError(
-                    f"sample {index}: label {label} outside [0, {len(class_map)}) of the class map"
-                )
-            record = {
-                "__key__": f"{index:08d}",
-                image_format: _encode_image(image, image_format),
-                "cls": str(label).encode("ascii"),
-            }
-            if extra:
-                record["json"] = json.dumps(extra[0]).encode("utf-8")
-            sink.write(record)
-            name = os.path.basename(sink.fname)
-            counts[name] = counts.get(name, 0) + 1
-    (directory / MANIFEST_FILE).write_text(json.dumps(counts, indent=1) + "\n")
-    if class_map is not None:
-        class_map.to_json(directory / CLASSES_FILE)
-    return counts
-
-
-def _chain(first: Any, rest: Iterator) -> Iterator:
-    yield first
-    yield from rest
 
 
 # -------------------------------------------------------------------------------------------- reading
@@ -346,7 +266,7 @@ class ShardDataset(IterableDataset):
             if self.manifest is None:
                 logger.warning(
                     "no %s beside the shards: DDP ranks cannot be trimmed to equal batch counts and may hang "
-                    "at the end of an epoch; write shards with diffaug.data.write_shards",
+                    "at the end of an epoch; write shards with diffaug.augset.write_shards",
                     MANIFEST_FILE,
                 )
             else:

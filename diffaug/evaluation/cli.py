@@ -137,28 +137,33 @@ def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
 
 
 def _bpd(cfg: DictConfig, args: argparse.Namespace) -> int:
+    from diffaug.inference import load_for_inference
     from diffaug.diffusion.likelihood import bits_per_dim, dequantize, ode_likelihood
-    from diffaug.sampling.api import load_model
 
     s = cfg.eval.likelihood
     checkpoint = Path(args.checkpoint or s.checkpoint or Path(cfg.run_dir) / "model.safetensors")
-    model = load_model(checkpoint, device=None if s.device == "auto" else s.device)
-    if model.process.discrete:
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    # Bits/dim evaluates the model itself: the trained denoiser, never a generated set.
+    denoiser, process, _, class_map = load_for_inference(checkpoint, use_ema=True, map_location="cpu")
+    device = resolve_device(s.device)
+    denoiser = denoiser.to(device)
+    if process.discrete:
         raise ValueError(
-            f"{checkpoint} uses the discrete {model.process.name} process; bits/dim through the probability-flow "
+            f"{checkpoint} uses the discrete {process.name} process; bits/dim through the probability-flow "
             "ODE needs a continuous-time one (objective.process=vp, subvp or ve)"
         )
     real = real_split(cfg, split=s.split, max_items=s.max_items)
-    real = real.aligned_to(model.class_map) if s.conditional else real
+    real = real.aligned_to(class_map) if s.conditional else real
     generator = torch.Generator().manual_seed(int(s.seed))
     bpd, nfe = [], 0
     for start in range(0, len(real), int(s.batch_size)):
         images = real.images[start : start + int(s.batch_size)]
-        x = dequantize(images, generator).to(model.device)
-        labels = real.labels[start : start + len(images)].to(model.device) if s.conditional else None
+        x = dequantize(images, generator).to(device)
+        labels = real.labels[start : start + len(images)].to(device) if s.conditional else None
         result = ode_likelihood(
-            model.denoiser, model.process, x, class_labels=labels, steps=int(s.steps), divergence=s.divergence,
-            num_probes=int(s.num_probes), generator=torch.Generator(model.device).manual_seed(int(s.seed) + start),
+            denoiser, process, x, class_labels=labels, steps=int(s.steps), divergence=s.divergence,
+            num_probes=int(s.num_probes), generator=torch.Generator(device).manual_seed(int(s.seed) + start),
         )
         bpd.append(bits_per_dim(result.logp.cpu(), x[0].numel()))
         nfe = result.nfe

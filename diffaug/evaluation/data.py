@@ -11,20 +11,18 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from diffaug.augset import SetFormat, open_set, read_card
 from diffaug.data import ClassMap, DiffusionDataModule, to_uint8
-from diffaug.sampling.names import sanitize_class_names
 
 logger = logging.getLogger(__name__)
 
-ExportFormat = Literal["auto", "folder", "shards"]
 _LOAD_BATCH = 512
 
 
@@ -132,53 +130,14 @@ def load_export(
     *,
     resolution: int,
     channels: int,
-    fmt: ExportFormat = "auto",
+    fmt: SetFormat = "auto",
     max_items: int | None = None,
 ) -> LabelledImages:
-    """An exported augmentation set: ``images/<class folder>/`` (folder format) or ``shards/``.
-
-    Class folders carry sanitised names; ``classes.json`` beside them gives the real names in class
-    order, so labels follow the exporter's class indices, not the folders' alphabetical order.
-    """
-    if fmt not in get_args(ExportFormat):
-        raise ValueError(f"fmt={fmt!r} is not valid; choose one of {list(get_args(ExportFormat))}")
-    root = Path(export_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"export folder {root} does not exist; run `diffaug export` first")
-    folder_ok = (root / "images").is_dir() and (root / "classes.json").is_file()
-    shards_ok = (root / "shards").is_dir()
-    if fmt == "auto":
-        fmt = "folder" if folder_ok else "shards" if shards_ok else "auto"
-    if fmt == "folder" and folder_ok:
-        return _load_export_folder(root, resolution=resolution, channels=channels, max_items=max_items)
-    if fmt == "shards" and shards_ok:
-        module = DiffusionDataModule(
-            source="shards", path=root / "shards", resolution=resolution, channels=channels, batch_size=_LOAD_BATCH,
-            val_fraction=0.0, shuffle_buffer=0, max_items=max_items,
-        )
-        module.setup("fit")
-        return _materialise(module.train_set, module.class_map)
-    raise FileNotFoundError(
-        f"{root} holds no finished augmentation set in format {fmt!r}: expected images/ with classes.json "
-        "(format folder) or shards/ (format shards), as written by `diffaug export`"
-    )
-
-
-def _load_export_folder(root: Path, *, resolution: int, channels: int, max_items: int | None) -> LabelledImages:
-    names = ClassMap.from_json(root / "classes.json")
-    dirs = sanitize_class_names(names.names)
-    present = [d for d in dirs if (root / "images" / d).is_dir()]
-    if not present:
-        raise FileNotFoundError(f"{root / 'images'} has none of the class folders {list(dirs)}")
-    module = DiffusionDataModule(
-        source="folder", path=root / "images", resolution=resolution, channels=channels, batch_size=1,
-        val_fraction=0.0, class_names=present, max_items=max_items,
-    )
-    module.setup("fit")
-    data = _materialise(module.train_set, module.class_map)
-    # folder class j is export class dirs.index(present[j])
-    lookup = torch.tensor([dirs.index(d) for d in present], dtype=torch.int64)
-    return LabelledImages(data.images, lookup[data.labels], names)
+    """An exported augmentation set (folder or shards format, see :func:`diffaug.augset.open_set`), labelled
+    with the exporter's class indices."""
+    augmentation_set = open_set(export_dir, resolution=resolution, channels=channels, fmt=fmt,
+                                max_items=max_items, batch_size=_LOAD_BATCH)
+    return _materialise(augmentation_set.dataset, augmentation_set.class_map)
 
 
 def check_export_training_data(
@@ -187,10 +146,10 @@ def check_export_training_data(
     """Refuse a set whose model trained on other labelled images than the benchmark cell's k-shot subset
     (it would leak labels the cell does not have), or on the validation holdout. Sets without a dataset card
     (made elsewhere) pass unchecked."""
-    card = Path(export_dir) / "dataset_card.json"
-    if not card.is_file():
+    card = read_card(export_dir)
+    if card is None:
         return
-    data = (json.loads(card.read_text()).get("config") or {}).get("data") or {}
+    data = (card.get("config") or {}).get("data") or {}
     if not data:
         return
     trained = {

@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import Tensor
 
+from diffaug.augset.files import atomic_write_bytes, file_sha256
 from diffaug.data import to_model_range, to_uint8
 from diffaug.evaluation.classifiers import SmallCNN, penultimate_features
 from diffaug.evaluation.data import LabelledImages
 from diffaug.evaluation.augment import Augmenter
 from diffaug.evaluation.recipe import Recipe, fit_classifier
 from diffaug.registry import Registry
-from diffaug.sampling.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class InceptionFeatures(FeatureExtractor):
             )
         # TorchScript archives hold code, not pickles: loading does not execute arbitrary Python.
         self.model = torch.jit.load(str(path), map_location=device).eval()
-        self.identity = f"inception-{_file_sha256(path)[:16]}"
+        self.identity = f"inception-{file_sha256(path)[:16]}"
         self._logit_net = None
 
     @property
@@ -191,14 +191,6 @@ def domain_features(
         # Complete files only: a crashed run never leaves half a cache entry.
         atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
     return CNNFeatures(model, identity=f"domain-{key}", device=device, trained=True)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 FEATURE_EXTRACTORS.add("inception", InceptionFeatures)

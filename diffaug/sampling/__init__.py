@@ -1,38 +1,34 @@
-"""Sampling from trained checkpoints: preview grids and labelled synthetic augmentation sets."""
+"""Generating images from trained checkpoints: preview grids and labelled synthetic augmentation sets.
 
-from diffaug.sampling.api import (
-    LoadedModel,
-    apply_overrides,
-    export_augmentation_set,
-    file_sha256,
-    load_model,
-    sample_grid,
-)
+What a set is on disk (layout, manifest, card, shards, finalisation, reading it back) is
+:mod:`diffaug.augset`; this package makes the images and writes them through it.
+"""
+
 from diffaug.sampling.curation import ClassifierFilter, NearDuplicateFilter
 from diffaug.sampling.export import run_export
-from diffaug.sampling.finalize import ExportSummary, finalize_export
-from diffaug.sampling.names import sanitize_class_names
-from diffaug.sampling.plan import ExportPlan
+from diffaug.sampling.export_config import export_augmentation_set
+from diffaug.sampling.generate import draw, generate_images
+from diffaug.sampling.grid import class_grid, image_grid, sample_grid
+from diffaug.sampling.model import LoadedModel, apply_overrides, load_model
 from diffaug.sampling.quotas import compute_quotas
 from diffaug.sampling.ranks import Partition, resolve_partition
-from diffaug.sampling.seeds import derive_seed
+from diffaug.sampling.settings import SampleSettings
 
 __all__ = [
     "ClassifierFilter",
-    "ExportPlan",
-    "ExportSummary",
     "LoadedModel",
     "NearDuplicateFilter",
     "Partition",
+    "SampleSettings",
     "apply_overrides",
+    "class_grid",
     "compute_quotas",
-    "derive_seed",
+    "draw",
     "export_augmentation_set",
-    "file_sha256",
-    "finalize_export",
+    "generate_images",
+    "image_grid",
     "load_model",
     "resolve_partition",
     "run_export",
     "sample_grid",
-    "sanitize_class_names",
 ]

@@ -1,15 +1,9 @@
 """Export a labelled synthetic augmentation set: deterministic, distributed, resumable.
 
-Layout of ``out_dir`` once finished::
-
-    images/<class folder>/<index:06d>.png     (format "folder")
-    shards/shard-<n:06d>.tar + classes.json + shards.json   (format "shards")
-    classes.json, manifest.csv, manifest.jsonl, dataset_card.json, dataset_card.md
-
-While it runs, ``.export/`` holds the plan and one record log per part. Each part writes PNGs under
-``images/`` (atomically), then appends their records; an item counts as done only when both exist.
-When every item is done, one process finalises (see :mod:`diffaug.sampling.finalize`). Rerunning the
-same command resumes or, on a finished set, does nothing.
+The set's layout is :mod:`diffaug.augset.layout`. While the export runs, ``.export/`` holds the plan and one
+record log per part. Each part writes PNGs under ``images/`` (atomically), then appends their records; an
+item counts as done only when both exist. When every item is done, one process finalises (see
+:mod:`diffaug.augset.finalize`). Rerunning the same command resumes or, on a finished set, does nothing.
 """
 
 from __future__ import annotations
@@ -28,13 +22,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffaug.config import ConfigError
-from diffaug.data.transforms import to_model_range
-from diffaug.sampling.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, remove_temp_files
-from diffaug.sampling.curation import ClassifierFilter, NearDuplicateFilter
-from diffaug.sampling.finalize import (
-    CARD_JSON,
-    WORK_DIR,
+from diffaug.augset.files import atomic_write_bytes, atomic_write_json, fsync_dir, remove_temp_files
+from diffaug.augset.finalize import (
     ExportSummary,
     cleanup_finished,
     exclusive,
@@ -42,11 +31,16 @@ from diffaug.sampling.finalize import (
     is_done,
     try_finalize,
 )
-from diffaug.sampling.generate import generate_images
-from diffaug.sampling.plan import ExportPlan, WorkItem, items_of_part
+from diffaug.augset.images import encode_image
+from diffaug.augset.layout import CARD_JSON, PLAN_JSON, WORK_DIR
+from diffaug.augset.plan import ExportPlan, WorkItem, items_of_part
+from diffaug.augset.records import RecordLog, log_path, read_records
+from diffaug.config import ConfigError
+from diffaug.data.transforms import to_model_range
+from diffaug.sampling.curation import ClassifierFilter, NearDuplicateFilter
+from diffaug.sampling.generate import draw
 from diffaug.sampling.ranks import Partition
-from diffaug.sampling.records import RecordLog, log_path, read_records
-from diffaug.sampling.writers import encode_png
+from diffaug.sampling.settings import SampleSettings
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +90,7 @@ def _check_or_write_plan(out_dir: Path, plan: ExportPlan, info: Mapping[str, Any
                 f"{existing[:12]}, now {plan.config_hash[:12]}); choose another export.out_dir"
             )
         return
-    path = out_dir / WORK_DIR / "plan.json"
+    path = out_dir / WORK_DIR / PLAN_JSON
     if path.exists():
         saved = json.loads(path.read_text())["plan"]
         mismatch = _device_mismatch(out_dir, saved.get("device_type"), plan)
@@ -198,6 +192,10 @@ def run_export(
         if filt is not None:
             filt.to(device)
 
+    # The plan's sampling settings; the seed and guidance are in each item already.
+    settings = SampleSettings(sampler=plan.sampler, steps=plan.steps, seed=plan.seed,
+                              sampler_args=plan.sampler_args, precision=plan.precision,
+                              microbatch=plan.microbatch, batch_size=batch_size)
     start = time.perf_counter()
     with (
         RecordLog(log_path(work_dir, tag)) as record_log,
@@ -215,20 +213,8 @@ def run_export(
             if plan.sources is not None:
                 assert source_transform is not None
                 x_start = _load_sources([it.source for it in batch], source_transform)  # (N, C, H, W)
-            images = generate_images(
-                denoiser,
-                process,
-                batch,
-                image_shape=plan.image_shape,
-                sampler=plan.sampler,
-                steps=plan.steps,
-                sampler_args=plan.sampler_args,
-                device=device,
-                precision=plan.precision,  # type: ignore[arg-type]
-                microbatch=plan.microbatch,
-                x_start=x_start,
-                strength=plan.strength,
-            )  # (N, C, H, W) uint8
+            images = draw(denoiser, process, batch, settings=settings, device=device, shape=plan.image_shape,
+                          x_start=x_start, strength=plan.strength)  # (N, C, H, W) uint8
             record_log.append(
                 _save_batch(plan, out_dir, batch, images, tag, device, classifier_filter, duplicate_filter)
             )
@@ -289,7 +275,7 @@ def _save_batch(
             if record["near_duplicate"] and duplicate_filter.action == "drop" and record["kept"]:
                 record.update(kept=False, dropped_by="near_duplicate")
         if record["kept"]:
-            data = encode_png(images[n])
+            data = encode_image(images[n])
             path = out_dir / plan.image_path(item)
             atomic_write_bytes(path, data, tag=tag, sync_dir=False)
             folders.add(path.parent)

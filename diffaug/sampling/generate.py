@@ -1,4 +1,9 @@
-"""Turn work items into uint8 images with a sampler from the diffusion core."""
+"""Turn work items into uint8 images with a sampler from the diffusion core.
+
+:func:`draw` is the one sampling path: ``diffaug sample``, ``diffaug export``, the training sample grid and
+the quality monitor all make their images through it, from items whose seeds come from
+:func:`diffaug.augset.derive_seed`, so equal weights and settings give equal images everywhere.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from diffaug.augset.plan import WorkItem, build_items
 from diffaug.config import ConfigError
 from diffaug.data.transforms import to_uint8
 from diffaug.sampling.fixed_shape import FixedShapeDenoiser
-from diffaug.sampling.plan import WorkItem
+from diffaug.sampling.settings import SampleSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,58 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
 
 def is_conditional(denoiser: Any) -> bool:
     return bool(getattr(denoiser, "num_classes", None))
+
+
+def image_shape(denoiser: Any) -> tuple[int, int, int]:
+    """(C, H, W) of the images the denoiser's network makes."""
+    net = denoiser.net
+    return (int(net.in_channels), int(net.resolution), int(net.resolution))
+
+
+def class_items(
+    counts: Sequence[int], class_names: Sequence[str], settings: SampleSettings
+) -> list[WorkItem]:
+    """Images 0 .. counts[c]-1 of every class c, ordered by (class, index): the first items of an export
+    with the same settings."""
+    return build_items(counts, base_seed=settings.seed, guidance=settings.guidance(class_names))
+
+
+def draw(
+    denoiser: Any,
+    process: Any,
+    items: Sequence[WorkItem],
+    *,
+    settings: SampleSettings,
+    device: torch.device,
+    shape: tuple[int, int, int] | None = None,
+    x_start: Tensor | None = None,
+    strength: float | None = None,
+) -> Tensor:
+    """(N, C, H, W) uint8 images of ``items``, generated ``settings.batch_size`` at a time.
+
+    ``shape`` (C, H, W) defaults to the denoiser network's; ``x_start`` / ``strength`` as in
+    :func:`generate_images`.
+    """
+    shape = shape or image_shape(denoiser)
+    size = settings.batch_size
+    batches = [
+        generate_images(
+            denoiser,
+            process,
+            items[start : start + size],
+            image_shape=shape,
+            sampler=settings.sampler,
+            steps=settings.steps,
+            sampler_args=settings.sampler_args,
+            device=device,
+            precision=settings.precision,  # type: ignore[arg-type]
+            microbatch=settings.microbatch,
+            x_start=None if x_start is None else x_start[start : start + size],
+            strength=strength,
+        )
+        for start in range(0, len(items), size)
+    ]
+    return torch.cat(batches) if batches else torch.empty((0, *shape), dtype=torch.uint8)
 
 
 @torch.no_grad()

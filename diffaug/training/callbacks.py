@@ -11,11 +11,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
-from PIL import Image
-from torchvision.utils import make_grid
 
-from diffaug.data import to_uint8
-from diffaug.diffusion import sample
+from diffaug.sampling.grid import class_grid, write_grid
+from diffaug.sampling.settings import SampleSettings
 from diffaug.training.ema import evaluating
 
 logger = logging.getLogger(__name__)
@@ -24,42 +22,29 @@ logger = logging.getLogger(__name__)
 class SampleGrid(pl.Callback):
     """Every ``every_n_steps`` steps, EMA samples with one row per class, saved as PNG (and sent to W&B).
 
-    The same seeds every time, so successive grids show the model changing, not the noise.
+    The same seeds every time, so successive grids show the model changing, not the noise; drawn as
+    ``diffaug sample`` draws them, so a grid equals the one ``diffaug sample`` makes from the weights of
+    that step with the same ``sampling.*`` settings.
     """
 
-    def __init__(self, *, every_n_steps: int, out_dir: str | Path, class_names: list[str], sampler: str,
-                 steps: int, guidance_scale: float = 1.0, sampler_args: dict | None = None,
-                 per_class: int = 8, seed: int = 0):
+    def __init__(self, *, every_n_steps: int, out_dir: str | Path, class_names: list[str],
+                 settings: SampleSettings, per_class: int = 8):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be at least 1, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.out_dir = Path(out_dir)
         self.class_names = list(class_names)
-        self.sampler = sampler
-        self.steps = steps
-        self.guidance_scale = guidance_scale
-        self.sampler_args = dict(sampler_args or {})
+        self.settings = settings
         self.per_class = per_class
-        self.seed = seed
         self._last_step = -1
 
     @torch.no_grad()
     def make_grid(self, pl_module: pl.LightningModule) -> torch.Tensor:
         """(C, H', W') uint8 grid: row k holds ``per_class`` samples of class k."""
         denoiser = pl_module.ema.module
-        n = len(self.class_names) * self.per_class
-        labels = None
-        if denoiser.conditional:
-            labels = torch.arange(len(self.class_names), device=pl_module.device)
-            labels = labels.repeat_interleave(self.per_class)  # (N,): row k is class k
-        net = denoiser.net
-        shape = (n, net.in_channels, net.resolution, net.resolution)
         with evaluating(denoiser):
-            images = sample(self.sampler, denoiser, denoiser.process, shape=shape,
-                            seeds=[self.seed + i for i in range(n)], class_labels=labels, steps=self.steps,
-                            guidance_scale=self.guidance_scale if denoiser.conditional else 1.0,
-                            device=pl_module.device, **self.sampler_args)  # (N, C, H, W)
-        return make_grid(to_uint8(images.float()).cpu(), nrow=self.per_class, padding=1)
+            return class_grid(denoiser, denoiser.process, self.class_names, per_class=self.per_class,
+                              settings=self.settings, device=pl_module.device)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -67,11 +52,7 @@ class SampleGrid(pl.Callback):
         if step == self._last_step or step % self.every_n_steps or not trainer.is_global_zero:
             return  # (several micro-batches share a step under gradient accumulation)
         self._last_step = step
-        grid = self.make_grid(pl_module)  # (C, H', W') uint8
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"step_{step:07d}.png"
-        array = grid.permute(1, 2, 0).numpy()
-        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+        path = write_grid(self.out_dir / f"step_{step:07d}.png", self.make_grid(pl_module))
         for lightning_logger in trainer.loggers:
             if isinstance(lightning_logger, WandbLogger):
                 lightning_logger.log_image("samples", [str(path)], step=step,

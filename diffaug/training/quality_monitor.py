@@ -8,37 +8,42 @@ curve shows the model changing, not the noise. Rank zero samples and scores; the
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from diffaug.augset.plan import WorkItem
+from diffaug.augset.seeds import derive_seed
 from diffaug.evaluation.features import FeatureExtractor, reference_features
 from diffaug.evaluation.manifold import precision_recall
 from diffaug.evaluation.quality import fid_kid
-from diffaug.sampling.generate import generate_images
-from diffaug.sampling.plan import WorkItem
+from diffaug.sampling.generate import draw
+from diffaug.sampling.settings import SampleSettings
 from diffaug.training.ema import evaluating
 
 logger = logging.getLogger(__name__)
 
 
+def items_in_turn(n: int, class_names: Sequence[str], settings: SampleSettings) -> list[WorkItem]:
+    """``n`` items taking the classes in turn: item i is image i // K of class i % K (K classes), with that
+    image's seed in an export with the same settings."""
+    k, guidance = len(class_names), settings.guidance(class_names)
+    return [WorkItem(class_index=i % k, index=i // k, seed=derive_seed(settings.seed, i % k, i // k),
+                     guidance=guidance[i % k]) for i in range(n)]
+
+
 @torch.no_grad()
-def quality_samples(denoiser: torch.nn.Module, *, n: int, num_classes: int, sampler: str, steps: int,
-                    guidance_scale: float, sampler_args: dict, seed: int, batch_size: int,
-                    device: torch.device) -> tuple[Tensor, Tensor]:
-    """``n`` uint8 samples (N, C, H, W), classes in turn (i % num_classes) for a conditional denoiser, with
-    seeds seed + i, through the export's generator; and their labels (N,)."""
-    labels = torch.arange(n) % max(num_classes, 1)  # (N,)
-    items = [WorkItem(class_index=int(c), index=i, seed=seed + i, guidance=guidance_scale)
-             for i, c in enumerate(labels.tolist())]
-    net = denoiser.net
+def quality_samples(denoiser: torch.nn.Module, *, n: int, class_names: Sequence[str],
+                    settings: SampleSettings, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``n`` uint8 samples (N, C, H, W), the classes in turn, drawn as ``diffaug sample`` draws them; and
+    their labels (N,)."""
+    items = items_in_turn(n, class_names, settings)
     with evaluating(denoiser):
-        images = generate_images(denoiser, denoiser.process, items,
-                                 image_shape=(net.in_channels, net.resolution, net.resolution), sampler=sampler,
-                                 steps=steps, sampler_args=sampler_args, device=device, microbatch=batch_size)
-    return images, labels
+        images = draw(denoiser, denoiser.process, items, settings=settings, device=device)
+    return images, torch.tensor([it.class_index for it in items], dtype=torch.int64)
 
 
 class QualityMonitor(pl.Callback):
@@ -50,14 +55,12 @@ class QualityMonitor(pl.Callback):
     """
 
     def __init__(self, *, every_n_steps: int, num_samples: int, reference, extractor_factory, cache_dir: str,
-                 sampler: str, steps: int, guidance_scale: float = 1.0, sampler_args: dict | None = None,
-                 batch_size: int = 64, seed: int = 0, nearest_k: int = 3, kid_subsets: int = 50):
+                 settings: SampleSettings, nearest_k: int = 3, kid_subsets: int = 50):
         if every_n_steps < 1 or num_samples < 2:
             raise ValueError(f"need every_n_steps >= 1 and num_samples >= 2, got {every_n_steps} and {num_samples}")
         self.every_n_steps, self.num_samples = every_n_steps, num_samples
         self.reference, self.extractor_factory, self.cache_dir = reference, extractor_factory, cache_dir
-        self.sample_settings = dict(sampler=sampler, steps=steps, guidance_scale=guidance_scale,
-                                    sampler_args=dict(sampler_args or {}), seed=seed, batch_size=batch_size)
+        self.settings = settings
         self.nearest_k, self.kid_subsets = nearest_k, kid_subsets
         self._extractor: FeatureExtractor | None = None
         self._real_features: Tensor | None = None
@@ -72,8 +75,8 @@ class QualityMonitor(pl.Callback):
     def measure(self, pl_module: pl.LightningModule) -> dict[str, float]:
         extractor, real_features = self._reference()
         denoiser = pl_module.ema.module
-        images, _ = quality_samples(denoiser, n=self.num_samples, num_classes=self.reference.num_classes,
-                                    device=pl_module.device, **self.sample_settings)
+        images, _ = quality_samples(denoiser, n=self.num_samples, class_names=self.reference.class_map.names,
+                                    settings=self.settings, device=pl_module.device)
         fake_features = extractor(images)  # (N, D)
         metrics = fid_kid(real_features, fake_features, kid_subsets=self.kid_subsets, kid_subset_size=1000)
         metrics |= precision_recall(real_features, fake_features, k=self.nearest_k)

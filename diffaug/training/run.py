@@ -27,12 +27,13 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from diffaug.build import build_datamodule, conditional_num_classes, sampler_options
+from diffaug.build import build_datamodule, conditional_num_classes
 from diffaug.checkpoint import CheckpointError, read_lightning_checkpoint, save_weights
 from diffaug.cluster.requeue import JobRequeued, slurm_training_extras
 from diffaug.config import ConfigError, config_hash, save_config, to_dict
 from diffaug.config.trainer_args import TRAINER_DEFAULTS
 from diffaug.hardware import cuda_math, uses_cuda
+from diffaug.sampling.settings import SampleSettings
 from diffaug.training.callbacks import SampleGrid, StepProgressBar, Throughput
 from diffaug.training.console import quiet_lightning
 from diffaug.training.data import DataPositionCallback, ResumableDataModule
@@ -154,12 +155,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, has_val: bool, class_name
     if cfg.logging.progress_bar:
         callbacks.append(StepProgressBar(refresh_rate=max(1, t.log_every_n_steps)))
     if t.sample_every_n_steps:
-        s = cfg.sampling
-        callbacks.append(SampleGrid(
-            every_n_steps=t.sample_every_n_steps, out_dir=run_dir / "samples", class_names=class_names,
-            sampler=s.sampler, steps=s.steps, guidance_scale=s.guidance_scale,
-            sampler_args=sampler_options(cfg), seed=s.seed,
-        ))
+        callbacks.append(SampleGrid(every_n_steps=t.sample_every_n_steps, out_dir=run_dir / "samples",
+                                    class_names=class_names, settings=SampleSettings.from_config(cfg)))
     if t.fid_every_n_steps:
         callbacks.append(_quality_monitor(cfg))
     return callbacks, best
@@ -170,15 +167,13 @@ def _quality_monitor(cfg: DictConfig) -> Callback:
     from diffaug.evaluation.configured import build_extractor, evaluation_device, real_split
     from diffaug.training.quality_monitor import QualityMonitor
 
-    q, s = cfg.eval.quality, cfg.sampling
+    q = cfg.eval.quality
     device = evaluation_device(q.device)
     return QualityMonitor(
         every_n_steps=int(cfg.training.fid_every_n_steps), num_samples=int(cfg.training.fid_num_samples),
         reference=real_split(cfg, split=q.reference_split, max_items=q.reference_max_items),
         extractor_factory=lambda: build_extractor(cfg, device), cache_dir=q.cache_dir,
-        sampler=s.sampler, steps=int(s.steps), guidance_scale=float(s.guidance_scale),
-        sampler_args=sampler_options(cfg), batch_size=int(s.batch_size), seed=int(s.seed),
-        nearest_k=int(q.nearest_k), kid_subsets=int(q.kid_subsets),
+        settings=SampleSettings.from_config(cfg), nearest_k=int(q.nearest_k), kid_subsets=int(q.kid_subsets),
     )
 
 

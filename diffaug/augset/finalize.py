@@ -13,27 +13,29 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffaug.sampling.atomic import atomic_write_json, atomic_write_text, remove_temp_files
-from diffaug.sampling.plan import ExportPlan, WorkItem
-from diffaug.sampling.records import read_records
-from diffaug.sampling.writers import (
-    dataset_card_markdown,
-    write_manifests,
-    write_shard_index,
-    write_tar_atomic,
+from diffaug.augset.card import dataset_card, dataset_card_markdown
+from diffaug.augset.files import atomic_write_json, atomic_write_text, remove_temp_files
+from diffaug.augset.layout import (
+    CARD_JSON,
+    CARD_MD,
+    CLASSES_JSON,
+    IMAGES_DIR,
+    PLAN_JSON,
+    SHARDS_DIR,
+    WORK_DIR,
+    shard_name,
 )
+from diffaug.augset.manifest import manifest_row, write_manifests
+from diffaug.augset.plan import ExportPlan, WorkItem
+from diffaug.augset.records import read_records
+from diffaug.augset.shards import write_shard_index, write_tar
 
 log = logging.getLogger(__name__)
-
-WORK_DIR = ".export"
-CARD_JSON = "dataset_card.json"
-CARD_MD = "dataset_card.md"
-CARD_FORMAT_VERSION = 1
 
 
 # ---------------------------------------------------------------- the summary
@@ -125,7 +127,7 @@ def exclusive(out_dir: Path) -> Iterator[None]:
 
 
 def _read_plan(out_dir: Path) -> tuple[ExportPlan, dict[str, Any]]:
-    path = out_dir / WORK_DIR / "plan.json"
+    path = out_dir / WORK_DIR / PLAN_JSON
     if not path.exists():
         raise FileNotFoundError(f"{out_dir} holds no export in progress ({path} is missing)")
     data = json.loads(path.read_text())
@@ -140,7 +142,7 @@ def finalize_export(out_dir: str | Path) -> ExportSummary:
     """
     out_dir = Path(out_dir)
     if (out_dir / CARD_JSON).exists():
-        plan, _ = _read_plan(out_dir) if (out_dir / WORK_DIR / "plan.json").exists() else (None, None)
+        plan, _ = _read_plan(out_dir) if (out_dir / WORK_DIR / PLAN_JSON).exists() else (None, None)
         card = json.loads((out_dir / CARD_JSON).read_text())
         if plan is not None:
             with exclusive(out_dir):
@@ -216,46 +218,21 @@ def _write_outputs(
     if "shards" in plan.formats:
         ordered = sorted(kept, key=_shard_order_key)
         for position, item in enumerate(ordered):
-            name = f"shard-{position // plan.shard_size:06d}.tar"
+            name = shard_name(position // plan.shard_size)
             shard_of[(item.class_index, item.index)] = name
             shard_counts[name] = shard_counts.get(name, 0) + 1
 
     rows = [
-        _manifest_row(plan, it, records[(it.class_index, it.index)], shard_of.get((it.class_index, it.index)))
+        manifest_row(plan, it, records[(it.class_index, it.index)], shard_of.get((it.class_index, it.index)))
         for it in kept
     ]  # items are ordered by (class, index)
     if "shards" in plan.formats:
         _write_shards(out_dir, plan, rows, kept, shard_counts, tag)
     write_manifests(rows, out_dir, tag=tag)
-    atomic_write_json(out_dir / "classes.json", {"names": list(plan.class_names)}, tag=tag)
-    card = _dataset_card(plan, info, items, records, shard_counts)
+    atomic_write_json(out_dir / CLASSES_JSON, {"names": list(plan.class_names)}, tag=tag)
+    card = dataset_card(plan, info, items, records, shard_counts)
     atomic_write_text(out_dir / CARD_MD, dataset_card_markdown(card), tag=tag)
     atomic_write_json(out_dir / CARD_JSON, card, tag=tag)  # last: its presence marks the set complete
-
-
-def _manifest_row(
-    plan: ExportPlan, item: WorkItem, record: Mapping[str, Any], shard: str | None
-) -> dict[str, Any]:
-    return {
-        "path": plan.image_path(item) if "folder" in plan.formats else None,
-        "shard": None if shard is None else f"shards/{shard}",
-        "key": item.key if shard is not None else None,
-        "class_index": item.class_index,
-        "class_name": plan.class_names[item.class_index],
-        "index": item.index,
-        "seed": item.seed,
-        "sampler": plan.sampler,
-        "steps": plan.steps,
-        "guidance": item.guidance,
-        "strength": plan.strength,
-        "source_image": item.source,
-        "checkpoint_sha256": plan.checkpoint_sha256,
-        "config_hash": plan.config_hash,
-        "png_sha256": record["png_sha256"],
-        "classifier_confidence": record.get("classifier_confidence"),
-        "nn_distance": record.get("nn_distance"),
-        "near_duplicate": record.get("near_duplicate"),
-    }
 
 
 def _write_shards(
@@ -266,19 +243,19 @@ def _write_shards(
     shard_counts: dict[str, int],
     tag: str,
 ) -> None:
-    shard_dir = out_dir / "shards"
+    shard_dir = out_dir / SHARDS_DIR
     by_shard: dict[str, list[tuple[WorkItem, dict[str, Any]]]] = {name: [] for name in shard_counts}
     for item, row in sorted(zip(kept, rows, strict=True), key=lambda pair: _shard_order_key(pair[0])):
         by_shard[Path(row["shard"]).name].append((item, row))
     for name, members in by_shard.items():
-        write_tar_atomic(shard_dir / name, _shard_members(out_dir, plan, members), tag=tag)
+        write_tar(shard_dir / name, _shard_samples(out_dir, plan, members), tag=tag)
     write_shard_index(shard_dir, plan.class_names, shard_counts, tag=tag)
 
 
-def _shard_members(
+def _shard_samples(
     out_dir: Path, plan: ExportPlan, members: list[tuple[WorkItem, dict[str, Any]]]
-) -> Iterator[tuple[str, bytes]]:
-    """The tar members of one shard: <key>.png, <key>.cls (class index), <key>.json (manifest row)."""
+) -> Iterator[dict[str, Any]]:
+    """The samples of one shard: <key>.png, <key>.cls (class index), <key>.json (manifest row)."""
     for item, row in members:
         png = (out_dir / plan.image_path(item)).read_bytes()
         if hashlib.sha256(png).hexdigest() != row["png_sha256"]:
@@ -287,94 +264,19 @@ def _shard_members(
                 "delete it and rerun the export to regenerate it"
             )
         meta = {k: v for k, v in row.items() if k not in ("path", "shard")}
-        yield f"{item.key}.png", png
-        yield f"{item.key}.cls", str(item.class_index).encode()
-        yield f"{item.key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
-
-
-def _per_class(
-    plan: ExportPlan,
-    items: list[WorkItem],
-    records: Mapping[tuple[int, int], Mapping[str, Any]],
-    test: Callable[[Mapping[str, Any]], bool],
-) -> list[int]:
-    counts = [0] * len(plan.class_names)
-    for it in items:
-        if test(records[(it.class_index, it.index)]):
-            counts[it.class_index] += 1
-    return counts
-
-
-def _dataset_card(
-    plan: ExportPlan,
-    info: Mapping[str, Any],
-    items: list[WorkItem],
-    records: Mapping[tuple[int, int], Mapping[str, Any]],
-    shard_counts: Mapping[str, int],
-) -> dict[str, Any]:
-    kept = _per_class(plan, items, records, lambda r: r["kept"])
-    by_classifier = _per_class(plan, items, records, lambda r: r["dropped_by"] == "classifier")
-    by_duplicate = _per_class(plan, items, records, lambda r: r["dropped_by"] == "near_duplicate")
-    flagged = _per_class(plan, items, records, lambda r: bool(r.get("near_duplicate")) and r["kept"])
-    curation = plan.curation
-    parts = []
-    if curation.get("classifier"):
-        parts.append(
-            f"classifier {curation['classifier']} (min confidence {curation['min_confidence']}) "
-            f"dropped {sum(by_classifier)}"
-        )
-    if curation.get("dedup_threshold") is not None:
-        parts.append(
-            f"near-duplicates of training images ({curation['dedup_features']} distance < "
-            f"{curation['dedup_threshold']}): {sum(by_duplicate)} dropped, {sum(flagged)} flagged"
-        )
-    return {
-        "format_version": CARD_FORMAT_VERSION,
-        "num_images": sum(kept),
-        "config_hash": plan.config_hash,
-        "checkpoint": info.get("checkpoint"),
-        "checkpoint_sha256": plan.checkpoint_sha256,
-        "quota_mode": info.get("quota_mode", "given quotas"),
-        "formats": list(plan.formats),
-        "image_shape": list(plan.image_shape),
-        "source_images": info.get("source_images"),
-        "strength": plan.strength,
-        "sampling": {
-            "sampler": plan.sampler,
-            "steps": plan.steps,
-            "seed": plan.seed,
-            "precision": plan.precision,
-            "device_type": plan.device_type,
-            "sampler_args": plan.sampler_args,
-            "guidance_scale": info.get("guidance_scale", plan.guidance[0] if plan.guidance else 1.0),
-            "class_guidance": info.get("class_guidance", {}),
-        },
-        "curation": curation,
-        "curation_summary": "; ".join(parts) if parts else "none",
-        "classes": [
-            {
-                "index": c,
-                "name": name,
-                "folder": plan.class_dirs[c],
-                "guidance": plan.guidance[c],
-                "planned": plan.quotas[c],
-                "kept": kept[c],
-                "dropped_classifier": by_classifier[c],
-                "dropped_near_duplicate": by_duplicate[c],
-                "flagged_near_duplicate": flagged[c],
-            }
-            for c, name in enumerate(plan.class_names)
-        ],
-        "shards": [{"name": f"shards/{name}", "count": n} for name, n in sorted(shard_counts.items())],
-        "config": info.get("config"),
-    }
+        yield {
+            "__key__": item.key,
+            "png": png,
+            "cls": str(item.class_index).encode(),
+            "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode(),
+        }
 
 
 def cleanup_finished(out_dir: Path, plan: ExportPlan) -> None:
     """Remove working files of a finished set (idempotent: safe to repeat after a kill)."""
     remove_temp_files(out_dir)
     if "folder" not in plan.formats:
-        shutil.rmtree(out_dir / "images", ignore_errors=True)
+        shutil.rmtree(out_dir / IMAGES_DIR, ignore_errors=True)
     shutil.rmtree(out_dir / WORK_DIR, ignore_errors=True)
 
 

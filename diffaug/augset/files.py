@@ -1,4 +1,4 @@
-"""Crash-safe file writes: a file appears under its final name complete or not at all.
+"""Crash-safe file writes (a file appears under its final name complete or not at all) and file hashes.
 
 Every write goes to a hidden temporary name in the same directory (so ``os.replace`` is an atomic
 rename on the same file system), is flushed and fsynced, then renamed. Temporary names carry the
@@ -8,6 +8,7 @@ without touching files another part is writing at the same time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -91,3 +92,12 @@ def remove_temp_files(root: str | Path, tag: str | None = None) -> int:
                 Path(directory, name).unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints and feature networks are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

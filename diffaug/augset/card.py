@@ -1,113 +1,97 @@
-"""Byte-reproducible output files: PNGs, webdataset tar shards, manifests and the dataset card.
-
-Nothing here writes a timestamp, a user name or a random name into a file, so the same set written
-twice gives the same bytes.
+"""The dataset card: ``dataset_card.json`` (every fact about the set) and ``dataset_card.md`` (the same for a
+reader, with Hugging Face dataset-card metadata as YAML front matter).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import tarfile
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import yaml
-from PIL import Image
-from torch import Tensor
 
-from diffaug.data.shards import CLASSES_FILE, MANIFEST_FILE
-from diffaug.sampling.atomic import atomic_file, atomic_write_json, atomic_write_text
+from diffaug.augset.layout import SHARDS_DIR
+from diffaug.augset.plan import ExportPlan, WorkItem
 
-_PNG_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-
-MANIFEST_COLUMNS = (
-    "path",
-    "shard",
-    "key",
-    "class_index",
-    "class_name",
-    "index",
-    "seed",
-    "sampler",
-    "steps",
-    "guidance",
-    "strength",
-    "source_image",
-    "checkpoint_sha256",
-    "config_hash",
-    "png_sha256",
-    "classifier_confidence",
-    "nn_distance",
-    "near_duplicate",
-)
+CARD_FORMAT_VERSION = 1
 
 
-def encode_png(image: Tensor) -> bytes:
-    """(C, H, W) uint8 tensor -> PNG bytes (no metadata, fixed compression)."""
-    if image.ndim != 3 or image.shape[0] not in _PNG_MODES:
-        raise ValueError(f"expected a (C, H, W) image with C in 1..4, got shape {tuple(image.shape)}")
-    array = image.detach().cpu().numpy()
-    array = array[0] if array.shape[0] == 1 else np.ascontiguousarray(array.transpose(1, 2, 0))
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode=_PNG_MODES[image.shape[0]]).save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
+def _per_class(
+    plan: ExportPlan,
+    items: list[WorkItem],
+    records: Mapping[tuple[int, int], Mapping[str, Any]],
+    test: Callable[[Mapping[str, Any]], bool],
+) -> list[int]:
+    counts = [0] * len(plan.class_names)
+    for it in items:
+        if test(records[(it.class_index, it.index)]):
+            counts[it.class_index] += 1
+    return counts
 
 
-def _tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # fixed: equal sets give byte-equal shards
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info, io.BytesIO(data)
-
-
-def write_tar_atomic(path: Path, members: Iterable[tuple[str, bytes]], *, tag: str) -> None:
-    """A tar file of (name, bytes) members in the given order, written to a temp name then renamed."""
-    with atomic_file(path, tag=tag) as handle:
-        with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name, data in members:
-                tar.addfile(*_tar_member(name, data))
-
-
-def write_shard_index(
-    shard_dir: Path, class_names: Sequence[str], counts: Mapping[str, int], *, tag: str
-) -> None:
-    """The files the data module reads beside shards: ``classes.json`` (ClassMap JSON) and ``shards.json``
-    (shard file name -> samples), against which it checks each shard, catching the silent loss that a
-    damaged tar header causes."""
-    atomic_write_json(shard_dir / CLASSES_FILE, {"names": list(class_names)}, tag=tag)
-    atomic_write_json(shard_dir / MANIFEST_FILE, dict(sorted(counts.items())), tag=tag)
-
-
-def _csv_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def write_manifests(rows: Sequence[dict[str, Any]], out_dir: Path, *, tag: str) -> tuple[Path, Path]:
-    """``manifest.csv`` and ``manifest.jsonl``: one row per image, in the order given."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    for row in rows:
-        writer.writerow([_csv_value(row.get(column)) for column in MANIFEST_COLUMNS])
-    csv_path = atomic_write_text(out_dir / "manifest.csv", buffer.getvalue(), tag=tag)
-    jsonl = "".join(
-        json.dumps({c: row.get(c) for c in MANIFEST_COLUMNS}, ensure_ascii=False, separators=(",", ":"))
-        + "\n"
-        for row in rows
-    )
-    jsonl_path = atomic_write_text(out_dir / "manifest.jsonl", jsonl, tag=tag)
-    return csv_path, jsonl_path
+def dataset_card(
+    plan: ExportPlan,
+    info: Mapping[str, Any],
+    items: list[WorkItem],
+    records: Mapping[tuple[int, int], Mapping[str, Any]],
+    shard_counts: Mapping[str, int],
+) -> dict[str, Any]:
+    """The dataset card of a finished set: how it was made, curation, counts per class, shards, config."""
+    kept = _per_class(plan, items, records, lambda r: r["kept"])
+    by_classifier = _per_class(plan, items, records, lambda r: r["dropped_by"] == "classifier")
+    by_duplicate = _per_class(plan, items, records, lambda r: r["dropped_by"] == "near_duplicate")
+    flagged = _per_class(plan, items, records, lambda r: bool(r.get("near_duplicate")) and r["kept"])
+    curation = plan.curation
+    parts = []
+    if curation.get("classifier"):
+        parts.append(
+            f"classifier {curation['classifier']} (min confidence {curation['min_confidence']}) "
+            f"dropped {sum(by_classifier)}"
+        )
+    if curation.get("dedup_threshold") is not None:
+        parts.append(
+            f"near-duplicates of training images ({curation['dedup_features']} distance < "
+            f"{curation['dedup_threshold']}): {sum(by_duplicate)} dropped, {sum(flagged)} flagged"
+        )
+    return {
+        "format_version": CARD_FORMAT_VERSION,
+        "num_images": sum(kept),
+        "config_hash": plan.config_hash,
+        "checkpoint": info.get("checkpoint"),
+        "checkpoint_sha256": plan.checkpoint_sha256,
+        "quota_mode": info.get("quota_mode", "given quotas"),
+        "formats": list(plan.formats),
+        "image_shape": list(plan.image_shape),
+        "source_images": info.get("source_images"),
+        "strength": plan.strength,
+        "sampling": {
+            "sampler": plan.sampler,
+            "steps": plan.steps,
+            "seed": plan.seed,
+            "precision": plan.precision,
+            "device_type": plan.device_type,
+            "sampler_args": plan.sampler_args,
+            "guidance_scale": info.get("guidance_scale", plan.guidance[0] if plan.guidance else 1.0),
+            "class_guidance": info.get("class_guidance", {}),
+        },
+        "curation": curation,
+        "curation_summary": "; ".join(parts) if parts else "none",
+        "classes": [
+            {
+                "index": c,
+                "name": name,
+                "folder": plan.class_dirs[c],
+                "guidance": plan.guidance[c],
+                "planned": plan.quotas[c],
+                "kept": kept[c],
+                "dropped_classifier": by_classifier[c],
+                "dropped_near_duplicate": by_duplicate[c],
+                "flagged_near_duplicate": flagged[c],
+            }
+            for c, name in enumerate(plan.class_names)
+        ],
+        "shards": [{"name": f"{SHARDS_DIR}/{name}", "count": n} for name, n in sorted(shard_counts.items())],
+        "config": info.get("config"),
+    }
 
 
 def _size_category(n: int) -> str:

@@ -1,187 +1,39 @@
-"""Entry points: load a checkpoint with its own config, write a preview grid, export an augmentation set.
+"""``diffaug export``: a checkpoint and its config's ``export.*`` / ``sampling.*`` settings turned into an
+export plan, the curation filters and the dataset card's facts, then run by :func:`run_export`.
 
-The user gives a checkpoint and ``key=value`` overrides of the sampling and export settings; the model,
-data and class names come from the config stored in the checkpoint.
+The model, data and class names come from the config stored in the checkpoint; the user overrides only
+the sampling and export settings (see :mod:`diffaug.sampling.model`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 from torch import Tensor
 
-from diffaug.build import sampler_options
+from diffaug.augset.files import file_sha256
+from diffaug.augset.finalize import ExportSummary
+from diffaug.augset.names import sanitize_class_names
+from diffaug.augset.plan import ExportPlan
 from diffaug.config import ConfigError, to_dict
-from diffaug.config.load import parse_overrides, validate
 from diffaug.data import ClassMap, FolderSource, ImageTransform
-from diffaug.sampling.atomic import atomic_write_bytes
 from diffaug.sampling.curation import ClassifierFilter, NearDuplicateFilter, load_torchscript
 from diffaug.sampling.export import run_export
-from diffaug.sampling.finalize import ExportSummary
-from diffaug.sampling.generate import effective_precision, generate_images, resolve_device
-from diffaug.sampling.names import sanitize_class_names
-from diffaug.sampling.plan import ExportPlan, build_items, resolve_guidance
+from diffaug.sampling.generate import effective_precision, image_shape
+from diffaug.sampling.model import load_model
 from diffaug.sampling.quotas import check_quota_mode, compute_quotas
 from diffaug.sampling.ranks import init_distributed_if_launched, resolve_partition
 from diffaug.sampling.realdata import folder_images, real_class_counts, reference_images
-from diffaug.sampling.writers import encode_png
 
 log = logging.getLogger(__name__)
 
-# What may change between training and sampling: how to sample and export, and where the data now lives.
-OVERRIDABLE_SECTIONS = ("sampling", "export", "logging")
-OVERRIDABLE_KEYS = ("data.path", "data.val_path", "data.num_workers")
 # Settings that cannot change the images; left out of the dataset card so equal sets have equal cards.
 RUNTIME_KEYS = (("sampling", "batch_size"), ("sampling", "device"), ("export", "out_dir"), ("logging", None))
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@dataclass
-class LoadedModel:
-    denoiser: torch.nn.Module
-    process: Any
-    cfg: DictConfig  # the checkpoint's config with the sampling/export overrides applied
-    class_map: ClassMap
-    checkpoint: Path
-    checkpoint_sha256: str
-    device: torch.device
-
-
-def _check_override_keys(overrides: Sequence[str]) -> None:
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if key.split(".")[0] in OVERRIDABLE_SECTIONS or key in OVERRIDABLE_KEYS:
-            continue
-        raise ConfigError(
-            f"cannot override {key!r} when sampling a checkpoint: the model, objective and data settings "
-            f"come from the checkpoint. Overridable: {', '.join(s + '.*' for s in OVERRIDABLE_SECTIONS)}, "
-            f"{', '.join(OVERRIDABLE_KEYS)}"
-        )
-
-
-def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """The checkpoint's config with sampling/export ``key=value`` overrides, validated."""
-    _check_override_keys(overrides)
-    try:
-        merged = OmegaConf.merge(cfg, parse_overrides(overrides))
-    except OmegaConfBaseException as error:
-        key = str(getattr(error, "full_key", "") or "?")
-        section = OmegaConf.select(cfg, key.rsplit(".", 1)[0]) if "." in key else None
-        valid = (
-            f"; valid keys there: {', '.join(sorted(section.keys()))}"
-            if isinstance(section, DictConfig)
-            else ""
-        )
-        raise ConfigError(f"invalid override {key!r}: {str(error).splitlines()[0]}{valid}") from None
-    validate(merged)  # type: ignore[arg-type]
-    return merged  # type: ignore[return-value]
-
-
-def load_model(
-    checkpoint: str | Path, overrides: Sequence[str] = (), *, device: str | None = None
-) -> LoadedModel:
-    """Load a ``.ckpt`` or ``model.safetensors`` safely (no code is unpickled), EMA weights by default."""
-    from diffaug.inference import load_for_inference
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    _check_override_keys(overrides)
-    use_ema = OmegaConf.select(parse_overrides(overrides), "sampling.use_ema", default=True)
-    denoiser, process, saved_cfg, class_map = load_for_inference(
-        path, use_ema=bool(use_ema), map_location="cpu"
-    )
-    cfg = apply_overrides(saved_cfg, overrides)
-    target = resolve_device(device or cfg.sampling.device)
-    denoiser = denoiser.to(target).eval()
-    return LoadedModel(denoiser, process, cfg, class_map, path, file_sha256(path), target)
-
-
-def _image_shape(cfg: DictConfig) -> tuple[int, int, int]:
-    return (int(cfg.data.channels), int(cfg.data.resolution), int(cfg.data.resolution))
-
-
-def _guidance(model: LoadedModel) -> list[float]:
-    s = model.cfg.sampling
-    return resolve_guidance(model.class_map.names, float(s.guidance_scale), dict(s.class_guidance))
-
-
-# ---------------------------------------------------------------- preview grid
-
-
-def tile(images: Tensor, rows: int, cols: int, *, pad: int = 2, pad_value: int = 255) -> Tensor:
-    """(rows * cols, C, H, W) uint8 -> (C, rows (H + pad) + pad, cols (W + pad) + pad) uint8, row-major."""
-    n, c, h, w = images.shape
-    if n != rows * cols:
-        raise ValueError(f"tile needs rows * cols = {rows * cols} images, got {n}")
-    grid = torch.full((c, rows * (h + pad) + pad, cols * (w + pad) + pad), pad_value, dtype=torch.uint8)
-    for k in range(n):
-        r, col = divmod(k, cols)
-        top, left = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, top : top + h, left : left + w] = images[k]
-    return grid
-
-
-def sample_grid(
-    checkpoint: str | Path,
-    out: str | Path | None = None,
-    *,
-    per_class: int = 8,
-    overrides: Sequence[str] = (),
-    device: str | None = None,
-) -> Path:
-    """A PNG with one row per class and ``per_class`` samples each; returns its path.
-
-    Cell (c, i) uses the seed of image i of class c in an export with the same settings, so the grid
-    previews exactly the first images of that export. Default path: ``<checkpoint stem>_samples.png``
-    next to the checkpoint.
-    """
-    if per_class < 1:
-        raise ValueError(f"per_class must be at least 1, got {per_class}")
-    model = load_model(checkpoint, overrides, device=device)
-    s = model.cfg.sampling
-    items = build_items([per_class] * len(model.class_map), base_seed=int(s.seed), guidance=_guidance(model))
-    batches = [
-        generate_images(
-            model.denoiser,
-            model.process,
-            items[i : i + s.batch_size],
-            image_shape=_image_shape(model.cfg),
-            sampler=s.sampler,
-            steps=int(s.steps),
-            sampler_args=sampler_options(model.cfg),
-            device=model.device,
-            precision=s.precision,
-            microbatch=int(s.microbatch),
-        )
-        for i in range(0, len(items), int(s.batch_size))
-    ]
-    grid = tile(torch.cat(batches), len(model.class_map), per_class)  # (C, H', W')
-    path = (
-        Path(out) if out is not None else model.checkpoint.with_name(f"{model.checkpoint.stem}_samples.png")
-    )
-    atomic_write_bytes(path, encode_png(grid))
-    log.info("wrote a %d x %d sample grid to %s", len(model.class_map), per_class, path)
-    return path
-
-
-# ---------------------------------------------------------------- export
 
 
 def _source_images(root: str, class_map: ClassMap) -> tuple[tuple[str, ...], ...]:
@@ -309,14 +161,15 @@ def export_augmentation_set(
     """Export a labelled synthetic set from ``checkpoint`` as the ``export.*``/``sampling.*`` settings say.
 
     ``rank``/``world_size`` pick this process's part (default: torch.distributed, then a SLURM array, else
-    everything). ``finalize=False`` leaves the manifests, shards and card to :func:`finalize_export`.
+    everything). ``finalize=False`` leaves the manifests, shards and card to
+    :func:`diffaug.augset.finalize_export`.
     ``classifier`` / ``dedup_features`` are callables used instead of the TorchScript files named by
     ``export.classifier`` / ``export.dedup_features``; ``real_counts`` (class name -> training images)
     replaces counting the training data for ``export.multiple`` / ``export.balance``.
     """
     model = load_model(checkpoint, overrides, device=device)
-    cfg, class_map = model.cfg, model.class_map
-    s, e = cfg.sampling, cfg.export
+    cfg, class_map, settings = model.cfg, model.class_map, model.settings
+    e = cfg.export
     check_quota_mode(per_class=e.per_class, multiple=e.multiple, balance=e.balance)  # before reading data
     partition = resolve_partition(rank, world_size)
     joined = init_distributed_if_launched(partition)
@@ -328,15 +181,15 @@ def export_augmentation_set(
             class_names=tuple(class_map.names),
             class_dirs=sanitize_class_names(class_map.names),
             quotas=tuple(quotas[name] for name in class_map.names),
-            guidance=tuple(_guidance(model)),
-            sampler=s.sampler,
-            steps=int(s.steps),
-            seed=int(s.seed),
-            image_shape=_image_shape(cfg),
+            guidance=tuple(settings.guidance(class_map.names)),
+            sampler=settings.sampler,
+            steps=settings.steps,
+            seed=settings.seed,
+            image_shape=image_shape(model.denoiser),
             checkpoint_sha256=model.checkpoint_sha256,
-            sampler_args=sampler_options(cfg),
-            precision=effective_precision(model.device, s.precision),
-            microbatch=int(s.microbatch),
+            sampler_args=dict(settings.sampler_args),
+            precision=effective_precision(model.device, settings.precision),
+            microbatch=settings.microbatch,
             device_type=model.device.type,
             formats=tuple(e.formats),
             shard_size=int(e.shard_size),
@@ -348,8 +201,8 @@ def export_augmentation_set(
             "checkpoint": str(checkpoint),
             "quota_mode": quota_mode,
             "source_images": e.source_images,
-            "guidance_scale": float(s.guidance_scale),
-            "class_guidance": dict(s.class_guidance),
+            "guidance_scale": settings.guidance_scale,
+            "class_guidance": dict(settings.class_guidance),
             "config": _card_config(cfg),
         }
         transform = ImageTransform(resolution=int(cfg.data.resolution), channels=int(cfg.data.channels))
@@ -359,7 +212,7 @@ def export_augmentation_set(
             process=model.process,
             out_dir=Path(e.out_dir) if e.out_dir else Path(cfg.run_dir) / "export",
             partition=partition,
-            batch_size=int(s.batch_size),
+            batch_size=settings.batch_size,
             device=model.device,
             info=info,
             classifier_filter=classifier_filter,

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from diffaug.augset import layout
+from diffaug.augset.files import canonical_json
+from diffaug.augset.seeds import derive_seed
 from diffaug.config import ConfigError
-from diffaug.registry import did_you_mean
-from diffaug.sampling.atomic import canonical_json
-from diffaug.sampling.seeds import derive_seed
 
 FORMATS = ("folder", "shards")
 
@@ -34,25 +34,6 @@ class WorkItem:
     def key(self) -> str:
         """Unique sample key without dots (webdataset splits keys at the first dot)."""
         return f"c{self.class_index:05d}_{self.index:07d}"
-
-    @property
-    def file_name(self) -> str:
-        return f"{self.index:06d}.png"
-
-
-def resolve_guidance(
-    class_names: Sequence[str], guidance_scale: float, class_guidance: Mapping[str, float] | None
-) -> list[float]:
-    """The guidance scale of every class: the global scale unless ``class_guidance`` names the class."""
-    class_guidance = dict(class_guidance or {})
-    unknown = [name for name in class_guidance if name not in class_names]
-    if unknown:
-        hint = did_you_mean(str(unknown[0]), list(class_names))
-        raise ConfigError(
-            f"sampling.class_guidance names unknown classes {unknown}; the checkpoint's classes are "
-            f"{list(class_names)}.{hint}"
-        )
-    return [float(class_guidance.get(name, guidance_scale)) for name in class_names]
 
 
 def build_items(
@@ -160,4 +141,4 @@ class ExportPlan:
 
     def image_path(self, item: WorkItem) -> str:
         """Path of the item's PNG relative to the output folder."""
-        return f"images/{self.class_dirs[item.class_index]}/{item.file_name}"
+        return layout.image_path(self.class_dirs[item.class_index], item.index)
