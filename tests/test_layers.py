@@ -26,9 +26,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hardware", "registry"),  # no diffaug imports: the machine, the generic name registry
     ("data", "diffusion", "nets"),  # images and labels; noise processes, samplers, losses; networks
     ("config",),  # typed schema, loading and validation against the registries
-    ("checkpoint",),  # file formats: what a run writes (set formats that need no model belong here too)
+    ("checkpoint", "augset"),  # file formats: what a run writes; the augmentation-set format (no networks)
     ("build", "inference"),  # config -> components; a checkpoint -> a denoiser for inference
-    ("sampling",),  # generating images and exporting augmentation sets
+    ("sampling",),  # generating images; export runs that write augmentation sets
     ("training", "evaluation", "cluster"),  # the LightningModule and fit; metrics; SLURM scripts
     ("cli", "__main__"),  # the command line
 )
