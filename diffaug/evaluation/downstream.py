@@ -668,26 +668,19 @@ def write_report(result: DownstreamResult, out_dir: str | Path, *, title: str = 
     return paths
 
 
-def log_to_wandb(
-    result: DownstreamResult, paths: dict[str, Path], *, project: str, entity: str | None, mode: str, name: str
-) -> None:
-    """The summary and candidate tables and the k-shot plot as one W&B run (mode offline writes it locally)."""
+def log_to_wandb(result: DownstreamResult, paths: dict[str, Path], run) -> None:
+    """The summary and candidate tables and the k-shot plot into the W&B ``run`` (see diffaug.tracking)."""
     import wandb
 
-    run = wandb.init(project=project, entity=entity, mode=mode, name=name, job_type="downstream",
-                     config=result.settings)
-    try:
-        summary = result.summary()
-        columns = list(summary[0])
-        candidates = [asdict(c) for c in result.candidates]
-        run.log({
-            "downstream/summary": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in summary]),
-            "downstream/candidates": wandb.Table(columns=list(candidates[0]),
-                                                 data=[list(c.values()) for c in candidates]),
-            "downstream/kshot": wandb.Image(str(paths["plot"])),
-        })
-        for row in summary:
-            run.summary[f"downstream/k{row['k']}/{row['arm']}/mean"] = row["mean"]
-            run.summary[f"downstream/k{row['k']}/{row['arm']}/std"] = row["std"]
-    finally:
-        run.finish()
+    summary = result.summary()
+    columns = list(summary[0])
+    candidates = [asdict(c) for c in result.candidates]
+    run.log({
+        "downstream/summary": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in summary]),
+        "downstream/candidates": wandb.Table(columns=list(candidates[0]),
+                                             data=[list(c.values()) for c in candidates]),
+        "downstream/kshot": wandb.Image(str(paths["plot"])),
+    })
+    for row in summary:
+        run.summary[f"downstream/k{row['k']}/{row['arm']}/mean"] = row["mean"]
+        run.summary[f"downstream/k{row['k']}/{row['arm']}/std"] = row["std"]

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
+from diffaug import tracking
 from diffaug.build import sampler_options
 from diffaug.config import ConfigError, to_dict
 from diffaug.config.load import parse_overrides, validate
@@ -178,6 +179,8 @@ def sample_grid(
     )
     atomic_write_bytes(path, encode_png(grid))
     log.info("wrote a %d x %d sample grid to %s", len(model.class_map), per_class, path)
+    if tracking.enabled(model.cfg):
+        tracking.log_grid(model.cfg, model.checkpoint, path, model.class_map.names)
     return path
 
 
@@ -353,7 +356,7 @@ def export_augmentation_set(
             "config": _card_config(cfg),
         }
         transform = ImageTransform(resolution=int(cfg.data.resolution), channels=int(cfg.data.channels))
-        return run_export(
+        summary = run_export(
             plan,
             denoiser=model.denoiser,
             process=model.process,
@@ -368,6 +371,9 @@ def export_augmentation_set(
             finalize=finalize,
             progress=bool(cfg.logging.progress_bar) if progress is None else progress,
         )
+        if summary.finalized and tracking.enabled(cfg):  # the process that finished the set logs it
+            tracking.log_export(cfg, model.checkpoint, summary.out_dir)
+        return summary
     finally:
         if joined and dist.is_initialized():
             dist.destroy_process_group()
