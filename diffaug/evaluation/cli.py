@@ -20,6 +20,7 @@ from diffaug import tracking
 from diffaug.config import ConfigError, load_config
 from diffaug.evaluation.configured import build_extractor, real_split, resolve_device
 from diffaug.evaluation.data import load_export
+from diffaug.progress import progress, set_progress
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def _bpd(cfg: DictConfig, args: argparse.Namespace) -> int:
     real = real.aligned_to(model.class_map) if s.conditional else real
     generator = torch.Generator().manual_seed(int(s.seed))
     bpd, nfe = [], 0
-    for start in range(0, len(real), int(s.batch_size)):
+    for start in progress(range(0, len(real), int(s.batch_size)), desc="bits/dim", unit="batch"):
         images = real.images[start : start + int(s.batch_size)]
         x = dequantize(images, generator).to(model.device)
         labels = real.labels[start : start + len(images)].to(model.device) if s.conditional else None
@@ -217,6 +218,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     overrides = [item for item in args.items if "=" in item]
     try:
         cfg = load_config(files, overrides)
+        set_progress(bool(cfg.logging.progress_bar))
         return args.func(cfg, args)
     except (ConfigError, KeyError, ValueError, FileNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -47,6 +47,7 @@ from diffaug.evaluation.augment import Augmenter, parse_recipe
 from diffaug.evaluation.classifiers import build_classifier
 from diffaug.evaluation.data import LabelledImages
 from diffaug.evaluation.recipe import FitResult, Recipe, SyntheticMix, evaluate_classifier, fit_classifier, predict_proba
+from diffaug.progress import progress, set_progress
 
 logger = logging.getLogger(__name__)
 
@@ -345,8 +346,9 @@ def _run_cell(
     pool: Pool, k: int, seed: int, test: LabelledImages | None, synthetic: dict[str, SyntheticSource] | None,
     spec: BenchmarkSpec, device: torch.device,
 ) -> tuple[list[RunResult], list[Candidate], list[dict[str, Any]]]:
-    if not logging.getLogger().handlers:  # a spawned worker: keep the progress lines
+    if not logging.getLogger().handlers:  # a spawned worker: keep the progress lines, no interleaved bars
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        set_progress(False)
     cell = _Cell(pool, k, seed, pool.validation(), test, spec, device)
     memorisation = []
     if synthetic and any(ARMS[a].synthetic for a in spec.arms):
@@ -358,7 +360,7 @@ def _run_cell(
             memorisation.append({"k": k, "seed": seed, "set": name,
                                  **memorisation_report(cell.sets[name], cell.real(1))})
     runs, candidates = [], []
-    for arm in spec.arms:
+    for arm in progress(spec.arms, desc=f"k={k} seed={seed} arms", unit="arm"):
         run, tried = cell.run_arm(arm)
         runs.append(run)
         candidates.extend(tried)

@@ -24,6 +24,7 @@ from diffaug.build import sampler_options
 from diffaug.config import ConfigError, to_dict
 from diffaug.config.load import parse_overrides, validate
 from diffaug.data import ClassMap, FolderSource, ImageTransform
+from diffaug.progress import progress
 from diffaug.sampling.atomic import atomic_write_bytes
 from diffaug.sampling.curation import ClassifierFilter, NearDuplicateFilter, load_torchscript
 from diffaug.sampling.export import run_export
@@ -171,7 +172,8 @@ def sample_grid(
             precision=s.precision,
             microbatch=int(s.microbatch),
         )
-        for i in range(0, len(items), int(s.batch_size))
+        for i in progress(range(0, len(items), int(s.batch_size)), desc="sample grid", unit="batch",
+                          enabled=bool(model.cfg.logging.progress_bar))
     ]
     grid = tile(torch.cat(batches), len(model.class_map), per_class)  # (C, H', W')
     path = (
