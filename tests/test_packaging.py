@@ -54,7 +54,7 @@ def installed(wheel, tmp_path_factory) -> Path:
     return target
 
 
-def _diffaug(installed: Path, cwd: Path, *args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+def _diffaug(installed: Path, cwd: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update(PYTHONPATH=str(installed), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     return subprocess.run([sys.executable, "-m", "diffaug", *args], cwd=cwd, env=env,
@@ -73,7 +73,7 @@ def test_installed_copy_resolves_bundled_config_and_includes(installed, tmp_path
              "print(diffaug.__file__); print(load.CONFIGS_DIR.joinpath('experiment/demo.yaml'))")
     env = {**os.environ, "PYTHONPATH": str(installed)}
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     module_file, demo = done.stdout.split()
     assert Path(module_file).is_relative_to(installed)
@@ -94,7 +94,7 @@ def test_installed_diffaug_trains_from_a_bundled_config(installed, tmp_path):
     run_dir = tmp_path / "run"
     done = _diffaug(installed, tmp_path, "train", "experiment/demo.yaml", "training.max_steps=2",
                     "training.val_every_n_steps=null", "training.sample_every_n_steps=null",
-                    f"run_dir={run_dir}", timeout=240)
+                    f"run_dir={run_dir}", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "model.safetensors").is_file()
