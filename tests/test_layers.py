@@ -23,7 +23,8 @@ PACKAGE = "diffaug"
 
 # Bottom to top: diffaug's top-level modules and subpackages, by layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("hardware", "registry"),  # no diffaug imports: the machine, the generic name registry
+    ("hardware", "registry", "progress", "tracking"),  # no diffaug imports: the machine, the name registry,
+    # progress bars, W&B runs and artifacts
     ("data", "diffusion", "nets"),  # images and labels; noise processes, samplers, losses; networks
     ("config",),  # typed schema, loading and validation against the registries
     ("checkpoint", "augset"),  # file formats: what a run writes; the augmentation-set format (no networks)

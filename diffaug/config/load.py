@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -19,8 +20,22 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from diffaug.config.schema import Config
 from diffaug.registry import did_you_mean
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 INCLUDE_KEY = "include"
+
+
+def bundled_configs() -> Traversable:
+    """The YAML configs shipped with diffaug: the ``diffaug.configs`` package data of an installed copy (a wheel
+    maps the repository's top-level configs/ there), else configs/ beside the package in a source checkout."""
+    try:
+        return resources.files("diffaug.configs")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "configs"
+
+
+CONFIGS_DIR = bundled_configs()
 
 
 class ConfigError(ValueError):
@@ -35,7 +50,7 @@ def _find_file(name: str | Path, relative_to: Path | None) -> Path:
     candidates = [Path(name)]
     if relative_to is not None:
         candidates.append(relative_to / name)
-    candidates.append(CONFIGS_DIR / name)
+    candidates.append(Path(CONFIGS_DIR.joinpath(str(name))))
     for path in candidates:
         if path.is_file():
             return path

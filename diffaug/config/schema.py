@@ -161,6 +161,9 @@ class LoggingConfig:
     mode: Literal["online", "offline", "disabled"] = "offline"
     tags: list[str] = field(default_factory=list)
     progress_bar: bool = True
+    # W&B model artifacts at the end of training: the checkpoints (Lightning's log_model) and model.safetensors.
+    # Offline, W&B keeps a staged copy of each until `wandb sync`.
+    log_model: bool = True
 
 
 @dataclass

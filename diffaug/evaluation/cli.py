@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from diffaug import tracking
 from diffaug.config import ConfigError, load_config
 from diffaug.evaluation.configured import build_extractor, evaluation_device, real_split
 from diffaug.evaluation.data import load_export
+from diffaug.progress import progress, set_progress
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def _downstream_spec(cfg: DictConfig):
 
 
 def _downstream(cfg: DictConfig, args: argparse.Namespace, *, tune_only: bool = False) -> int:
-    from diffaug.evaluation.downstream import ARMS, Pool, log_to_wandb, run_downstream, write_report
+    from diffaug.evaluation.downstream import ARMS, Pool, run_downstream, write_report
 
     s = cfg.eval.downstream
     spec = _downstream_spec(cfg)  # every setting checked before any data is read
@@ -84,9 +86,10 @@ def _downstream(cfg: DictConfig, args: argparse.Namespace, *, tune_only: bool = 
                             workers=int(s.workers))
     leaf = "tune" if tune_only else "downstream"
     paths = write_report(result, _out_dir(cfg, args.out, leaf), title=f"Downstream benchmark: {cfg.name}")
-    if cfg.logging.logger == "wandb" and not tune_only:
-        log_to_wandb(result, paths, project=cfg.logging.project, entity=cfg.logging.entity, mode=cfg.logging.mode,
-                     name=f"{cfg.name}-downstream")
+    if tracking.enabled(cfg) and not tune_only:
+        sets = {Path(p.pattern.format(k=k, seed=seed)) for p in (synthetic or {}).values()
+                for k in spec.ks for seed in spec.seeds}
+        _log_downstream_to_wandb(cfg, result, paths, sorted(sets))
     print(paths["report"].read_text().split("## Memorisation")[0].split("## Per-class")[0].rstrip())
     print(f"\nreport: {paths['report']}")
     return 0
@@ -96,16 +99,25 @@ def _tune(cfg: DictConfig, args: argparse.Namespace) -> int:
     return _downstream(cfg, args, tune_only=True)
 
 
-def _log_quality_to_wandb(cfg: DictConfig, report: dict, directory: Path | None = None) -> None:
-    """One W&B run of its own for the report (files under ``directory``/wandb, else wandb's default); a run
-    still open in this process is finished first (what the deprecated ``reinit=True`` did)."""
-    import wandb
+def _log_downstream_to_wandb(cfg: DictConfig, result, paths: dict[str, Path], sets: Sequence[Path],
+                             directory: Path | None = None) -> None:
+    """The report's tables and plot as a W&B run of its own that uses the artifacts of the sets it read."""
+    from diffaug.evaluation.downstream import log_to_wandb
 
-    if wandb.run is not None:
-        wandb.finish()
-    with wandb.init(project=cfg.logging.project, entity=cfg.logging.entity, mode=cfg.logging.mode,
-                    name=f"{cfg.name}-quality", job_type="quality",
-                    dir=None if directory is None else str(directory)) as run:
+    with tracking.open_run(cfg, name=f"{cfg.name}-downstream", job_type="downstream",
+                           directory=directory or cfg.run_dir, config=result.settings) as run:
+        tracking.use(run, [tracking.set_artifact(path) for path in sets])
+        log_to_wandb(result, paths, run)
+
+
+def _log_quality_to_wandb(cfg: DictConfig, report: dict, directory: Path | None = None,
+                          export_dir: Path | None = None) -> None:
+    """One W&B run of its own for the report (files under ``directory``/wandb, else the run directory's),
+    using the artifact of the set it measured."""
+    with tracking.open_run(cfg, name=f"{cfg.name}-quality", job_type="quality",
+                           directory=directory or cfg.run_dir) as run:
+        if export_dir is not None:
+            tracking.use(run, [tracking.set_artifact(export_dir)])
         run.log({f"quality/{key}": value for key, value in report["overall"].items() if isinstance(value, float)}
                 | {f"quality/{name}/fid": m["fid"] for name, m in report["per_class"].items()})
 
@@ -118,8 +130,9 @@ def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
     device = evaluation_device(q.device)
     FEATURE_EXTRACTORS.get(q.features)  # KeyError listing the extractors before any data is read
     reference = real_split(cfg, split=q.reference_split, max_items=q.reference_max_items)
+    export_dir = _export_dir(cfg, args.export)
     synthetic = load_export(
-        _export_dir(cfg, args.export), resolution=int(cfg.data.resolution), channels=int(cfg.data.channels),
+        export_dir, resolution=int(cfg.data.resolution), channels=int(cfg.data.channels),
         max_items=q.max_items,
     )
     extractor = build_extractor(cfg, device)
@@ -129,8 +142,8 @@ def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
         is_splits=int(q.is_splits), seed=int(q.seed),
     )
     paths = write_quality_report(report, _out_dir(cfg, args.out, "quality"))
-    if cfg.logging.logger == "wandb":
-        _log_quality_to_wandb(cfg, report)
+    if tracking.enabled(cfg):
+        _log_quality_to_wandb(cfg, report, export_dir=export_dir)
     print(paths["report"].read_text())
     print(json.dumps(report["overall"]))
     return 0
@@ -157,7 +170,7 @@ def _bpd(cfg: DictConfig, args: argparse.Namespace) -> int:
     real = real.aligned_to(class_map) if s.conditional else real
     generator = torch.Generator().manual_seed(int(s.seed))
     bpd, nfe = [], 0
-    for start in range(0, len(real), int(s.batch_size)):
+    for start in progress(range(0, len(real), int(s.batch_size)), desc="bits/dim", unit="batch"):
         images = real.images[start : start + int(s.batch_size)]
         x = dequantize(images, generator).to(device)
         labels = real.labels[start : start + len(images)].to(device) if s.conditional else None
@@ -214,6 +227,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     overrides = [item for item in args.items if "=" in item]
     try:
         cfg = load_config(files, overrides)
+        set_progress(bool(cfg.logging.progress_bar))
         return args.func(cfg, args)
     except (ConfigError, KeyError, ValueError, FileNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -49,6 +49,7 @@ from diffaug.evaluation.data import LabelledImages, check_export_training_data, 
 from diffaug.evaluation.fitcache import FitCache, tensor_digest
 from diffaug.evaluation.memorisation import memorisation_report
 from diffaug.evaluation.recipe import FitResult, Recipe, SyntheticMix, evaluate_classifier, fit_classifier, predict_proba
+from diffaug.progress import progress, set_progress
 
 logger = logging.getLogger(__name__)
 
@@ -346,8 +347,9 @@ def _run_cell(
     pool: Pool, k: int, seed: int, test: LabelledImages | None, synthetic: dict[str, SyntheticSource] | None,
     spec: BenchmarkSpec, device: torch.device,
 ) -> tuple[list[RunResult], list[Candidate], list[dict[str, Any]]]:
-    if not logging.getLogger().handlers:  # a spawned worker: keep the progress lines
+    if not logging.getLogger().handlers:  # a spawned worker: keep the progress lines, no interleaved bars
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        set_progress(False)
     cell = _Cell(pool, k, seed, pool.validation(), test, spec, device)
     memorisation = []
     if synthetic and any(ARMS[a].synthetic for a in spec.arms):
@@ -357,7 +359,7 @@ def _run_cell(
             memorisation.append({"k": k, "seed": seed, "set": name,
                                  **memorisation_report(cell.sets[name], cell.real(1))})
     runs, candidates = [], []
-    for arm in spec.arms:
+    for arm in progress(spec.arms, desc=f"k={k} seed={seed} arms", unit="arm"):
         run, tried = cell.run_arm(arm)
         runs.append(run)
         candidates.extend(tried)
@@ -682,26 +684,19 @@ def write_report(result: DownstreamResult, out_dir: str | Path, *, title: str = 
     return paths
 
 
-def log_to_wandb(
-    result: DownstreamResult, paths: dict[str, Path], *, project: str, entity: str | None, mode: str, name: str
-) -> None:
-    """The summary and candidate tables and the k-shot plot as one W&B run (mode offline writes it locally)."""
+def log_to_wandb(result: DownstreamResult, paths: dict[str, Path], run) -> None:
+    """The summary and candidate tables and the k-shot plot into the W&B ``run`` (see diffaug.tracking)."""
     import wandb
 
-    run = wandb.init(project=project, entity=entity, mode=mode, name=name, job_type="downstream",
-                     config=result.settings)
-    try:
-        summary = result.summary()
-        columns = list(summary[0])
-        candidates = [asdict(c) for c in result.candidates]
-        run.log({
-            "downstream/summary": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in summary]),
-            "downstream/candidates": wandb.Table(columns=list(candidates[0]),
-                                                 data=[list(c.values()) for c in candidates]),
-            "downstream/kshot": wandb.Image(str(paths["plot"])),
-        })
-        for row in summary:
-            run.summary[f"downstream/k{row['k']}/{row['arm']}/mean"] = row["mean"]
-            run.summary[f"downstream/k{row['k']}/{row['arm']}/std"] = row["std"]
-    finally:
-        run.finish()
+    summary = result.summary()
+    columns = list(summary[0])
+    candidates = [asdict(c) for c in result.candidates]
+    run.log({
+        "downstream/summary": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in summary]),
+        "downstream/candidates": wandb.Table(columns=list(candidates[0]),
+                                             data=[list(c.values()) for c in candidates]),
+        "downstream/kshot": wandb.Image(str(paths["plot"])),
+    })
+    for row in summary:
+        run.summary[f"downstream/k{row['k']}/{row['arm']}/mean"] = row["mean"]
+        run.summary[f"downstream/k{row['k']}/{row['arm']}/std"] = row["std"]

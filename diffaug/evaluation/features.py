@@ -32,6 +32,7 @@ from diffaug.evaluation.classifiers import SmallCNN, penultimate_features
 from diffaug.evaluation.data import LabelledImages
 from diffaug.evaluation.augment import Augmenter
 from diffaug.evaluation.recipe import Recipe, fit_classifier
+from diffaug.progress import progress
 from diffaug.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ class FeatureExtractor:
 
     has_logits: bool = False
 
+    @property
+    def logits_identity(self) -> str:
+        """The network behind ``logits`` (Inception Score, label agreement): the features' own by default."""
+        return self.identity
+
     def _features(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -62,7 +68,8 @@ class FeatureExtractor:
     def _batched(self, fn, images_uint8: Tensor, width: int) -> Tensor:
         out = [
             fn(to_model_range(images_uint8[i : i + self.batch_size]).to(self.device)).float().cpu()
-            for i in range(0, len(images_uint8), self.batch_size)
+            for i in progress(range(0, len(images_uint8), self.batch_size), desc=f"{self.identity} features",
+                              unit="batch")
         ]
         return torch.cat(out) if out else torch.zeros(0, width)
 
@@ -93,6 +100,8 @@ class InceptionFeatures(FeatureExtractor):
     """2048-d pool features of the TF FID Inception-v3; grey images are repeated to RGB, resized to 299."""
 
     num_features = 2048
+    # Not the features' network: the TorchScript port has no classifier head (see has_logits).
+    logits_identity = "torch-fidelity-inception-v3-compat"
 
     def __init__(self, *, path: str | os.PathLike | None = None, device: torch.device, batch_size: int = 32):
         super().__init__(device=device, batch_size=batch_size)
@@ -187,6 +196,7 @@ def domain_features(
                 model, real=real_train, synthetic=None,
                 augment=Augmenter(_DOMAIN_RECIPE, size=real_train.images.shape[-1]),
                 recipe=Recipe(steps=steps, batch_size=batch_size), seed=seed, device=device,
+                desc="domain feature extractor",
             )
         # Complete files only: a crashed run never leaves half a cache entry.
         atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))

@@ -6,7 +6,9 @@
 * Inception Score (torchmetrics' InceptionScore on the extractor's logits) and label agreement (the share of
   synthetic images the extractor's classifier assigns to the class they were generated for), when the
   extractor has a classifier head: with the domain classifier these say whether a class-conditional
-  model draws recognisable members of each class.
+  model draws recognisable members of each class. With ``inception`` features the logits come from
+  torch-fidelity's Inception port (the TorchScript FID network has no head); the report's ``networks``
+  names the network behind each figure.
 """
 
 from __future__ import annotations
@@ -116,6 +118,10 @@ def sample_quality(
     settings = {"kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "seed": seed}
     report: dict[str, Any] = {
         "features": extractor.identity,
+        # Which network gave which figure: FID, KID and the manifold metrics come from the features, the
+        # Inception Score and label agreement from the logits, which for Inception are another port's.
+        "networks": {"features": extractor.identity,
+                     "logits": extractor.logits_identity if extractor.has_logits else None},
         "overall": fid_kid(real_features, fake_features, **settings)
         | _manifold_or_none(real_features, fake_features, nearest_k),
         "per_class": {},
@@ -161,8 +167,16 @@ def quality_markdown(report: dict[str, Any]) -> str:
     if "label_agreement_real" in o:
         is_line += (f"\n\nLabel agreement of the same classifier on the real reference images: "
                     f"{o['label_agreement_real']:.3f} (synthetic: {o['label_agreement']:.3f})")
+    networks = report.get("networks") or {"features": report["features"], "logits": None}
+    source = f"FID, KID, precision, recall, density and coverage from `{networks['features']}`"
+    if networks["logits"] == networks["features"]:
+        source += "; Inception Score and label agreement from the same network's classifier head"
+    elif networks["logits"]:
+        source += f"; Inception Score and label agreement from `{networks['logits']}`, a different network"
     lines = [
         f"# Sample quality (features: `{report['features']}`)",
+        "",
+        f"Networks: {source}.",
         "",
         "| set | FID | KID × 1000 | precision | recall | density | coverage | label agreement | real | synthetic |",
         "|---|---|---|---|---|---|---|---|---|---|",

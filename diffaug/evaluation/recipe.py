@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from diffaug.data import to_model_range
 from diffaug.evaluation.augment import Augmenter, one_hot
 from diffaug.evaluation.data import LabelledImages
+from diffaug.progress import progress
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def fit_classifier(
     mix: SyntheticMix = SyntheticMix(),
     synthetic_targets: Tensor | None = None,
     val: LabelledImages | None = None,
+    desc: str = "classifier",
 ) -> FitResult:
     """Train ``model`` on real and/or synthetic images.
 
@@ -144,7 +146,7 @@ def fit_classifier(
     )
     result = FitResult(model, recipe.steps, recipe.steps, None)
     best_state = None
-    for step in range(1, recipe.steps + 1):
+    for step in progress(range(1, recipe.steps + 1), desc=desc, unit="step"):
         losses, weights = [], []
         for (data, targets, per_batch, weight, is_real), stream in zip(parts, streams):
             index = stream.take(per_batch)

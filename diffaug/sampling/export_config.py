@@ -16,6 +16,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 from torch import Tensor
 
+from diffaug import tracking
 from diffaug.augset.files import file_sha256
 from diffaug.augset.finalize import ExportSummary
 from diffaug.augset.names import sanitize_class_names
@@ -206,7 +207,7 @@ def export_augmentation_set(
             "config": _card_config(cfg),
         }
         transform = ImageTransform(resolution=int(cfg.data.resolution), channels=int(cfg.data.channels))
-        return run_export(
+        summary = run_export(
             plan,
             denoiser=model.denoiser,
             process=model.process,
@@ -221,6 +222,9 @@ def export_augmentation_set(
             finalize=finalize,
             progress=bool(cfg.logging.progress_bar) if progress is None else progress,
         )
+        if summary.finalized and tracking.enabled(cfg):  # the process that finished the set logs it
+            tracking.log_export(cfg, model.checkpoint, summary.out_dir)
+        return summary
     finally:
         if joined and dist.is_initialized():
             dist.destroy_process_group()

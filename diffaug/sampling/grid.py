@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from diffaug import tracking
 from diffaug.augset.files import atomic_write_bytes
 from diffaug.augset.images import encode_image
 from diffaug.sampling.generate import class_items, draw
@@ -79,4 +80,6 @@ def sample_grid(
     )
     write_grid(path, grid)
     log.info("wrote a %d x %d sample grid to %s", len(model.class_map), per_class, path)
+    if tracking.enabled(model.cfg):
+        tracking.log_grid(model.cfg, model.checkpoint, path, model.class_map.names)
     return path

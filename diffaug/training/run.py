@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from diffaug import tracking
 from diffaug.build import build_datamodule, conditional_num_classes
 from diffaug.checkpoint import CheckpointError, read_lightning_checkpoint, save_weights
 from diffaug.cluster.requeue import JobRequeued, slurm_training_extras
@@ -110,10 +111,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
         csv = CSVLogger(save_dir=str(run_dir), name="logs")
         csv.log_hyperparams(to_dict(cfg))
         return [csv]
-    return [WandbLogger(
-        project=log.project, entity=log.entity, name=cfg.name, id=_wandb_run_id(run_dir), resume="allow",
-        save_dir=str(run_dir), mode=log.mode, tags=list(log.tags), config=to_dict(cfg),
-    )]
+    settings = tracking.init_args(cfg, name=cfg.name, job_type="train", directory=run_dir)
+    return [WandbLogger(save_dir=settings.pop("dir"), id=_wandb_run_id(run_dir), resume="allow",
+                        config=to_dict(cfg), log_model=bool(log.log_model), **settings)]
 
 
 class FinalCheckpoint(Callback):
@@ -223,6 +223,15 @@ def _finish_wandb(loggers: list[Logger], succeeded: bool) -> None:
             wandb.finish(exit_code=0 if succeeded else 1)
 
 
+def _log_weights(loggers: list[Logger], weights: Path, cfg: DictConfig, *, step: int) -> None:
+    """model.safetensors as the run's ``<name>-model`` artifact (the checkpoints are Lightning's log_model)."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and cfg.logging.log_model:
+            tracking.log_artifact(lg.experiment, tracking.model_artifact(
+                weights, run_name=cfg.name, upload=True,
+                metadata={"config_hash": config_hash(cfg), "step": step}))
+
+
 @rank_zero_only
 def _write_config(cfg: DictConfig, run_dir: Path) -> None:
     path = run_dir / CONFIG_FILE
@@ -285,17 +294,22 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
                      newest)
         raise
     finally:
-        _finish_wandb(loggers, succeeded)
+        if not succeeded:
+            _finish_wandb(loggers, succeeded)
 
     weights = None
-    if trainer.global_step >= t.max_steps:
-        weights = run_dir / WEIGHTS_FILE
-        if trainer.is_global_zero:
-            save_weights(weights, module.ema.module.state_dict(), config=to_dict(cfg),
-                         class_names=class_names)
-    else:
-        logger.warning("training ended at step %d before max_steps=%d; no %s written",
-                       trainer.global_step, t.max_steps, WEIGHTS_FILE)
+    try:  # the W&B run stays open for the weights' artifact
+        if trainer.global_step >= t.max_steps:
+            weights = run_dir / WEIGHTS_FILE
+            if trainer.is_global_zero:
+                save_weights(weights, module.ema.module.state_dict(), config=to_dict(cfg),
+                             class_names=class_names)
+                _log_weights(loggers, weights, cfg, step=trainer.global_step)
+        else:
+            logger.warning("training ended at step %d before max_steps=%d; no %s written",
+                           trainer.global_step, t.max_steps, WEIGHTS_FILE)
+    finally:
+        _finish_wandb(loggers, succeeded=True)
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     return TrainResult(
         run_dir=run_dir,
