@@ -159,7 +159,7 @@ def _bpd(cfg: DictConfig, args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     # Bits/dim evaluates the model itself: the trained denoiser, never a generated set.
     denoiser, process, _, class_map = load_for_inference(checkpoint, use_ema=True, map_location="cpu")
-    device = resolve_device(s.device)
+    device = evaluation_device(s.device)
     denoiser = denoiser.to(device)
     if process.discrete:
         raise ValueError(
