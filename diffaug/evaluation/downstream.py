@@ -413,6 +413,7 @@ class _Cell:
         self.chosen_augment: str | None = None
         self.real_models: list[torch.nn.Module] = []  # every classifier trained on the k real images alone
         self._teacher: dict[str, torch.Tensor] = {}
+        self.cache = None if spec.cache_dir is None else FitCache(spec.cache_dir)
 
     def real(self, multiple: int) -> LabelledImages:
         if multiple not in self._real:
@@ -442,10 +443,9 @@ class _Cell:
             aug = None if augment is None else Augmenter(augment, size=self.pool.train.images.shape[-1],
                                                          hflip=self.spec.hflip)
             mix = SyntheticMix() if setting is None else SyntheticMix(setting.ratio, setting.weight)
-            cache = key = None
-            if self.spec.cache_dir is not None:
-                cache = FitCache(self.spec.cache_dir)
-                key = cache.key({
+            key = None
+            if self.cache is not None:
+                key = self.cache.key({
                     "classifier": self.spec.classifier, "classifier_args": self.spec.classifier_args,
                     "recipe": asdict(recipe), "augment": augment, "hflip": self.spec.hflip, "seed": self.seed,
                     "mix": [mix.ratio, mix.weight], "val": self.val.content_hash(),
@@ -453,13 +453,13 @@ class _Cell:
                     "synthetic": None if synthetic is None else synthetic.content_hash(),
                     "targets": tensor_digest(targets),
                 }, self.device)
-                cached = cache.load(key, model)
+                cached = self.cache.load(key, model)
                 if cached is not None:
                     return cached
             fit = fit_classifier(model, real=real, synthetic=synthetic, augment=aug, recipe=recipe, seed=self.seed,
                                  device=self.device, mix=mix, synthetic_targets=targets, val=self.val)
-            if cache is not None:
-                cache.save(key, fit)
+            if key is not None:
+                self.cache.save(key, fit)
             return fit
 
     def _candidates(self, arm_name: str) -> list[tuple[str, dict[str, Any]]]:

@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
+from diffaug.augset.files import atomic_write_bytes, atomic_write_json
+from diffaug.config import config_hash
 from diffaug.evaluation.recipe import FitResult
 
 FORMAT = 1
@@ -44,8 +47,7 @@ class FitCache:
 
     @staticmethod
     def key(parts: dict[str, Any], device: torch.device) -> str:
-        full = {**parts, "format": FORMAT, "torch": torch.__version__, "device": device.type}
-        return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        return config_hash({**parts, "format": FORMAT, "torch": torch.__version__, "device": device.type})[:32]
 
     def load(self, key: str, model: nn.Module) -> FitResult | None:
         """The cached fit with its weights loaded into ``model`` (strictly, in eval mode), or None."""
@@ -60,15 +62,9 @@ class FitCache:
                          synthetic_seen=meta["synthetic_seen"])
 
     def save(self, key: str, fit: FitResult) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        weights = self.directory / f"{key}.safetensors"
-        tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in fit.model.state_dict().items()}, str(tmp))
-        os.replace(tmp, weights)
+        state = {k: v.detach().cpu().contiguous() for k, v in fit.model.state_dict().items()}
+        atomic_write_bytes(self.directory / f"{key}.safetensors", safetensors_bytes(state))
         meta = {"steps": fit.steps, "best_step": fit.best_step, "best_val": fit.best_val,
                 "history": [list(h) for h in fit.history], "real_seen": fit.real_seen,
                 "synthetic_seen": fit.synthetic_seen}
-        meta_path = self.directory / f"{key}.json"
-        tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, meta_path)  # last: its presence marks a complete entry
+        atomic_write_json(self.directory / f"{key}.json", meta)  # last: its presence marks a complete entry
