@@ -405,7 +405,7 @@ def test_dataset_card_front_matter_loads_with_hugging_face_datasets(reference, t
     assert meta["diffaug"]["class_names"] == list(NAMES)
     assert meta["diffaug"]["checkpoint_sha256"] == card["checkpoint_sha256"]
     assert meta["diffaug"]["config_hash"] == card["config_hash"]
-    datasets = pytest.importorskip("datasets")
+    import datasets  # the test extra installs it: a missing one fails here rather than skipping
     loaded = datasets.load_dataset("imagefolder", data_dir=str(reference), cache_dir=str(tmp_path), split="train")
     assert loaded.num_rows == 18  # the PNGs only: shards and manifests are not images
     assert loaded.features["label"].names == [names[str(i)] for i in range(3)]
