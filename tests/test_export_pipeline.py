@@ -312,6 +312,36 @@ def test_image_conditioned_variations(checkpoint, tmp_path):
         assert float(row["strength"]) == 0.5
 
 
+def test_variations_of_the_models_own_k_shot_training_images(tmp_path, monkeypatch):
+    # A k-shot run (2 digits per class): source_images=train varies exactly those images, read through the
+    # checkpoint's data config, with no folder of files to point at.
+    checkpoint = make_checkpoint(tmp_path / "ckpt", overrides=("data.per_class_limit=2", "data.seed=5"))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "set"
+    summary = export_augmentation_set(
+        checkpoint, ["export.source_images=train", "export.multiple=1.5", f"export.out_dir={out}"]
+    )
+    assert summary.kept == {str(d): 3 for d in range(10)}  # 1.5 x the 2 training images of each class
+    dm = DiffusionDataModule(source="sklearn_digits", resolution=8, channels=1, batch_size=1,
+                             per_class_limit=2, seed=5)
+    dm.setup("fit")
+    real = {c: [image for image, label in dm.train_set if label == c] for c in range(10)}
+    model = load_model(checkpoint, ["sampling.device=cpu"])
+    rows = manifest(out)
+    assert [r["source_image"] for r in rows[:3]] == ["train:0/000000", "train:0/000001", "train:0/000000"]
+    for row in rows:
+        c, i = int(row["class_index"]), int(row["index"])
+        x0 = sample("ddim", FixedShapeDenoiser(model.denoiser, 4), model.process, shape=(1, 1, 8, 8),
+                    seeds=[derive_seed(0, c, i)], class_labels=torch.tensor([c]), steps=3,
+                    x_start=real[c][i % 2].unsqueeze(0), strength=0.5, clip_x0=True)
+        assert torch.equal(to_uint8(x0)[0], png_tensor(out / row["path"])), row["path"]
+    assert "from the model's training images" in (out / "dataset_card.md").read_text()
+    (tmp_path / "train").mkdir()  # a folder of that name here: ambiguous, so refused
+    with pytest.raises(ConfigError, match=r"write \./train"):
+        export_augmentation_set(checkpoint, ["export.source_images=train", "export.multiple=1",
+                                             f"export.out_dir={tmp_path / 'b'}"])
+
+
 class RandomLinear(torch.nn.Module):
     """A fixed random linear classifier on pixels: real logits whose verdicts vary from image to image."""
 

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from diffaug.augset.layout import SHARDS_DIR
-from diffaug.augset.plan import ExportPlan, WorkItem
+from diffaug.augset.plan import TRAINING_SOURCES, ExportPlan, WorkItem
 
 CARD_FORMAT_VERSION = 1
 
@@ -139,7 +139,9 @@ def dataset_card_markdown(card: dict[str, Any]) -> str:
     s = card["sampling"]
     conditioned = "no"
     if card["source_images"]:
-        conditioned = f"yes, SDEdit strength {card['strength']} from {card['source_images']}"
+        where = card["source_images"]
+        where = "the model's training images" if where == TRAINING_SOURCES else where
+        conditioned = f"yes, SDEdit strength {card['strength']} from {where}"
     front = yaml.safe_dump(dataset_card_metadata(card), sort_keys=False, allow_unicode=True)
     lines = [
         "---",

@@ -20,6 +20,10 @@ from diffaug.augset.seeds import derive_seed
 from diffaug.config import ConfigError
 
 FORMATS = ("folder", "shards")
+# export.source_images value meaning "the images the checkpoint was trained on" (read through its data
+# config, so a k-shot run varies exactly its k images per class, also when they live in IDX files or shards);
+# their source ids are ``train:<class folder>/<n>``.
+TRAINING_SOURCES = "train"
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,9 @@ class ExportConfig:
     balance: bool = False  # or: top up every class to the size of the largest
     formats: list[str] = field(default_factory=lambda: ["folder"])  # "folder" and/or "shards"
     shard_size: int = 1000
-    source_images: Optional[str] = None  # image-conditioned mode: variations of these real images
+    # Image-conditioned mode: variations of the real images in this class-folder tree, or "train" for the
+    # images the checkpoint was trained on (its k-shot subset, whatever the data source).
+    source_images: Optional[str] = None
     strength: float = 0.5  # SDEdit strength for image-conditioned mode
     classifier: Optional[str] = None  # curation: drop samples this classifier does not assign to their class
     min_confidence: float = 0.5

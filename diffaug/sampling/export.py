@@ -52,9 +52,16 @@ def _chunks(items: Sequence[WorkItem], size: int) -> Iterator[Sequence[WorkItem]
         yield items[start : start + size]
 
 
-def _load_sources(paths: Sequence[str], transform: Callable[[Image.Image], Tensor]) -> Tensor:
+def _load_sources(
+    paths: Sequence[str],
+    transform: Callable[[Image.Image], Tensor],
+    pixels: Mapping[str, Tensor] | None = None,
+) -> Tensor:
     images = []
     for path in paths:
+        if pixels is not None and path in pixels:  # an image held in memory (the training data), by id
+            images.append(pixels[path])
+            continue
         try:
             with Image.open(path) as image:
                 image.load()
@@ -128,6 +135,7 @@ def run_export(
     classifier_filter: ClassifierFilter | None = None,
     duplicate_filter: NearDuplicateFilter | None = None,
     source_transform: Callable[[Image.Image], Tensor] | None = None,
+    source_pixels: Mapping[str, Tensor] | None = None,
     finalize: bool = True,
     progress: bool = True,
 ) -> ExportSummary:
@@ -135,7 +143,8 @@ def run_export(
     the set if every part is done (``finalize=False``: never; ``finalize_export`` does it later).
 
     ``info`` (checkpoint path, sizing mode, full config...) goes into the dataset card and does not
-    change the images.
+    change the images. ``source_pixels`` holds (C, H, W) images in [-1, 1] for source ids that are not
+    files (``export.source_images=train``); other sources are read with ``source_transform``.
     """
     if batch_size < 1:
         raise ConfigError(f"invalid value for config key 'sampling.batch_size': {batch_size}; must be >= 1")
@@ -212,7 +221,8 @@ def run_export(
             x_start = None
             if plan.sources is not None:
                 assert source_transform is not None
-                x_start = _load_sources([it.source for it in batch], source_transform)  # (N, C, H, W)
+                paths = [it.source for it in batch]
+                x_start = _load_sources(paths, source_transform, source_pixels)  # (N, C, H, W)
             images = draw(denoiser, process, batch, settings=settings, device=device, shape=plan.image_shape,
                           x_start=x_start, strength=plan.strength)  # (N, C, H, W) uint8
             record_log.append(

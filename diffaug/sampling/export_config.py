@@ -20,7 +20,7 @@ from diffaug import tracking
 from diffaug.augset.files import file_sha256
 from diffaug.augset.finalize import ExportSummary
 from diffaug.augset.names import sanitize_class_names
-from diffaug.augset.plan import ExportPlan
+from diffaug.augset.plan import TRAINING_SOURCES, ExportPlan
 from diffaug.config import ConfigError, to_dict
 from diffaug.data import ClassMap, FolderSource, ImageTransform
 from diffaug.sampling.curation import ClassifierFilter, NearDuplicateFilter, load_torchscript
@@ -29,12 +29,36 @@ from diffaug.sampling.generate import effective_precision, image_shape
 from diffaug.sampling.model import load_model
 from diffaug.sampling.quotas import check_quota_mode, compute_quotas
 from diffaug.sampling.ranks import init_distributed_if_launched, resolve_partition
-from diffaug.sampling.realdata import folder_images, real_class_counts, reference_images
+from diffaug.sampling.realdata import (
+    folder_images,
+    real_class_counts,
+    reference_images,
+    training_images_by_class,
+)
 
 log = logging.getLogger(__name__)
 
 # Settings that cannot change the images; left out of the dataset card so equal sets have equal cards.
 RUNTIME_KEYS = (("sampling", "batch_size"), ("sampling", "device"), ("export", "out_dir"), ("logging", None))
+
+
+def _training_sources(
+    cfg: DictConfig, class_map: ClassMap
+) -> tuple[tuple[tuple[str, ...], ...], dict[str, Tensor]]:
+    """Per class: ids ``train:<class folder>/<n>`` of the checkpoint's training images, and their pixels."""
+    if Path(TRAINING_SOURCES).is_dir():
+        raise ConfigError(
+            f"export.source_images={TRAINING_SOURCES} names the checkpoint's training images, but a folder "
+            f"./{TRAINING_SOURCES} exists here too; write ./{TRAINING_SOURCES} (or an absolute path) for the folder"
+        )
+    folders = sanitize_class_names(class_map.names)
+    ids: list[tuple[str, ...]] = []
+    pixels: dict[str, Tensor] = {}
+    for folder, images in zip(folders, training_images_by_class(to_dict(cfg)["data"], class_map), strict=True):
+        names = tuple(f"{TRAINING_SOURCES}:{folder}/{n:06d}" for n in range(len(images)))
+        pixels.update(zip(names, images, strict=True))
+        ids.append(names)
+    return tuple(ids), pixels
 
 
 def _source_images(root: str, class_map: ClassMap) -> tuple[tuple[str, ...], ...]:
@@ -175,7 +199,11 @@ def export_augmentation_set(
     partition = resolve_partition(rank, world_size)
     joined = init_distributed_if_launched(partition)
     try:
-        sources = _source_images(e.source_images, class_map) if e.source_images else None
+        sources, source_pixels = None, None
+        if e.source_images == TRAINING_SOURCES:
+            sources, source_pixels = _training_sources(cfg, class_map)
+        elif e.source_images:
+            sources = _source_images(e.source_images, class_map)
         quotas, quota_mode = _quotas(cfg, class_map, sources, real_counts)
         curation, classifier_filter, duplicate_filter = _curation(cfg, class_map, classifier, dedup_features)
         plan = ExportPlan(
@@ -219,6 +247,7 @@ def export_augmentation_set(
             classifier_filter=classifier_filter,
             duplicate_filter=duplicate_filter,
             source_transform=transform if sources is not None else None,
+            source_pixels=source_pixels,
             finalize=finalize,
             progress=bool(cfg.logging.progress_bar) if progress is None else progress,
         )

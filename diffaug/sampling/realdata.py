@@ -80,6 +80,20 @@ def reference_images(data: Mapping[str, Any], class_map: ClassMap) -> Tensor:
     return torch.cat(batches)
 
 
+def training_images_by_class(data: Mapping[str, Any], class_map: ClassMap) -> list[Tensor]:
+    """Per checkpoint class: its training images (N_c, C, H, W) in [-1, 1], in the data module's order
+    (the same k-shot subset and holdout the run saw)."""
+    dm = training_datamodule(data)
+    _check_classes(dm, class_map)
+    dm.setup("fit")
+    per_class: list[list[Tensor]] = [[] for _ in class_map.names]
+    for images, labels in DataLoader(dm.train_set, batch_size=256):
+        for image, label in zip(images, labels.tolist(), strict=True):
+            per_class[label].append(image)
+    shape = (0, int(data["channels"]), int(data["resolution"]), int(data["resolution"]))
+    return [torch.stack(images) if images else torch.empty(shape) for images in per_class]
+
+
 def folder_images(root: str, *, resolution: int, channels: int) -> Tensor:
     """(M, C, H, W) every image under ``root`` (any class layout) in [-1, 1], at the model's size."""
     from diffaug.data import FolderSource, ImageTransform
