@@ -160,6 +160,22 @@ def test_dangling_interpolation_fails_at_load_naming_the_key(tmp_path):
         load_config([path])
 
 
+@pytest.mark.parametrize(
+    "overrides, rule",
+    [
+        (["sampling.random_guidance=[3.0,1.0]"], "lo <= hi"),
+        (["sampling.random_guidance=[-1.0,2.0]"], "lo <= hi"),
+        (["sampling.random_guidance=[1.0]"], "lo <= hi"),
+        (["sampling.random_guidance=[1.0,inf]"], "lo <= hi"),
+        (["sampling.random_guidance=[1.0,3.0]", "sampling.class_guidance={a: 2}"], "class_guidance"),
+    ],
+)
+def test_random_guidance_out_of_range_fails_at_load(overrides, rule):
+    with pytest.raises(ConfigError, match=rf"sampling.random_guidance.*{rule}"):
+        load_config([], overrides)
+    assert load_config([], ["sampling.random_guidance=[1,4]"]).sampling.random_guidance == [1.0, 4.0]
+
+
 @pytest.mark.parametrize("interval", ["[2.0,1.0]", "[-1.0,1.0]", "[1.0]"])
 def test_guidance_interval_out_of_range_fails_at_load(interval):
     with pytest.raises(ConfigError, match=r"sampling.guidance_interval.*0 <= lo < hi"):

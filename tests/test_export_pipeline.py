@@ -263,6 +263,28 @@ def test_class_guidance_changes_only_its_class(checkpoint, reference, tmp_path):
         assert same == (row["class_name"] != "dog"), row["path"]
 
 
+def test_random_guidance_gives_each_image_its_own_scale_at_any_batch_size(checkpoint, reference, tmp_path):
+    sets = [export(checkpoint, tmp_path / f"b{b}", "sampling.random_guidance=[1.0,3.0]", f"sampling.batch_size={b}")
+            for b in (16, 5)]
+    assert tree_digest(tmp_path / "b16") == tree_digest(tmp_path / "b5")
+    rows, ref_rows = manifest(tmp_path / "b16"), manifest(reference)
+    scales = [float(r["guidance"]) for r in rows]
+    assert all(1.0 <= g <= 3.0 for g in scales) and len(set(scales)) == len(scales) == sets[0].generated
+    assert [r["seed"] for r in rows] == [r["seed"] for r in ref_rows]  # the same noise, other scales
+    model = load_model(checkpoint, ["sampling.device=cpu"])
+    row = rows[4]
+    c, i = int(row["class_index"]), int(row["index"])
+    x0 = sample("ddim", FixedShapeDenoiser(model.denoiser, 4), model.process, shape=(1, 1, 8, 8),
+                seeds=[derive_seed(0, c, i)], class_labels=torch.tensor([c]), steps=3,
+                guidance_scale=float(row["guidance"]), clip_x0=True)
+    assert torch.equal(to_uint8(x0)[0], png_tensor(tmp_path / "b16" / row["path"]))
+    card = json.loads((tmp_path / "b16" / "dataset_card.json").read_text())
+    assert card["sampling"]["random_guidance"] == [1.0, 3.0]
+    assert "guidance uniform in [1.0, 3.0], per image" in (tmp_path / "b16" / "dataset_card.md").read_text()
+    # an unset range leaves earlier sets' identity alone
+    assert "random_guidance" not in json.loads((reference / "dataset_card.json").read_text())["sampling"]
+
+
 def test_image_conditioned_variations(checkpoint, tmp_path):
     source = tmp_path / "real"
     gen = torch.Generator().manual_seed(3)

@@ -72,6 +72,7 @@ def dataset_card(
             "sampler_args": plan.sampler_args,
             "guidance_scale": info.get("guidance_scale", plan.guidance[0] if plan.guidance else 1.0),
             "class_guidance": info.get("class_guidance", {}),
+            **({"random_guidance": list(plan.random_guidance)} if plan.random_guidance else {}),
         },
         "curation": curation,
         "curation_summary": "; ".join(parts) if parts else "none",
@@ -155,7 +156,8 @@ def dataset_card_markdown(card: dict[str, Any]) -> str:
         "## How it was made",
         "",
         f"- checkpoint: `{card['checkpoint']}` (SHA-256 `{card['checkpoint_sha256']}`)",
-        f"- sampler: {s['sampler']}, {s['steps']} steps, guidance {s['guidance_scale']}"
+        f"- sampler: {s['sampler']}, {s['steps']} steps, guidance "
+        + (f"uniform in {s['random_guidance']}, per image" if s.get("random_guidance") else str(s["guidance_scale"]))
         + (f" (per class: {s['class_guidance']})" if s["class_guidance"] else "")
         + (f", sampler options {s['sampler_args']}" if s["sampler_args"] else ""),
         f"- precision: {s['precision']}; base seed {s['seed']} "

@@ -16,7 +16,7 @@ from typing import Any
 
 from diffaug.augset import layout
 from diffaug.augset.files import canonical_json
-from diffaug.augset.seeds import derive_seed
+from diffaug.augset.seeds import derive_seed, unit_fraction
 from diffaug.config import ConfigError
 
 FORMATS = ("folder", "shards")
@@ -46,11 +46,14 @@ def build_items(
     base_seed: int,
     guidance: Sequence[float],
     sources: Sequence[Sequence[str]] | None = None,
+    random_guidance: Sequence[float] | None = None,
 ) -> list[WorkItem]:
     """All work items ordered by (class, index).
 
     In image-conditioned mode image ``i`` of class ``c`` varies source ``i % len(sources[c])`` (sources
-    sorted by the caller), so every real image is used as evenly as the quota allows.
+    sorted by the caller), so every real image is used as evenly as the quota allows. With
+    ``random_guidance = (lo, hi)`` each image's scale is uniform in [lo, hi], drawn from its own seed (so the
+    same at any batch size) and rounded to 4 decimals (what the manifest shows is what was used).
     """
     items = []
     for c, quota in enumerate(quotas):
@@ -61,7 +64,12 @@ def build_items(
             )
         for i in range(quota):
             source = None if class_sources is None else class_sources[i % len(class_sources)]
-            items.append(WorkItem(c, i, derive_seed(base_seed, c, i), float(guidance[c]), source))
+            seed = derive_seed(base_seed, c, i)
+            scale = float(guidance[c])
+            if random_guidance is not None:
+                lo, hi = random_guidance
+                scale = round(lo + (hi - lo) * unit_fraction(seed, "guidance"), 4)
+            items.append(WorkItem(c, i, seed, scale, source))
     return items
 
 
@@ -100,6 +108,7 @@ class ExportPlan:
     strength: float | None = None  # SDEdit strength (image-conditioned mode)
     sources: tuple[tuple[str, ...], ...] | None = None  # per class: real images to vary, sorted
     curation: dict[str, Any] = field(default_factory=dict)  # classifier / near-duplicate settings
+    random_guidance: tuple[float, float] | None = None  # per-image scale uniform in [lo, hi]
 
     def __post_init__(self) -> None:
         k = len(self.class_names)
@@ -124,7 +133,10 @@ class ExportPlan:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))  # tuples -> lists: the form it has in plan.json
+        d = json.loads(json.dumps(asdict(self)))  # tuples -> lists: the form it has in plan.json
+        if d["random_guidance"] is None:  # absent when unset: earlier sets keep their identity
+            del d["random_guidance"]
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExportPlan:
@@ -134,6 +146,8 @@ class ExportPlan:
         d["image_shape"] = tuple(d["image_shape"])
         if d.get("sources") is not None:
             d["sources"] = tuple(tuple(s) for s in d["sources"])
+        if d.get("random_guidance") is not None:
+            d["random_guidance"] = tuple(d["random_guidance"])
         return cls(**d)
 
     @property
@@ -141,7 +155,8 @@ class ExportPlan:
         return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
 
     def items(self) -> list[WorkItem]:
-        return build_items(self.quotas, base_seed=self.seed, guidance=self.guidance, sources=self.sources)
+        return build_items(self.quotas, base_seed=self.seed, guidance=self.guidance, sources=self.sources,
+                           random_guidance=self.random_guidance)
 
     def image_path(self, item: WorkItem) -> str:
         """Path of the item's PNG relative to the output folder."""

@@ -13,6 +13,13 @@ import hashlib
 _SEED_MASK = (1 << 63) - 1
 
 
+def unit_fraction(seed: int, stream: str) -> float:
+    """A number in [0, 1) that depends only on ``seed`` and the name of what it is for (e.g. an image's
+    random guidance scale), independent of the noise the same seed draws."""
+    digest = hashlib.sha256(f"diffaug-{stream}:{seed}".encode()).digest()
+    return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)  # 53 bits: every double in [0, 1)
+
+
 def derive_seed(base_seed: int, class_index: int, index: int) -> int:
     """The seed of image ``index`` of class ``class_index`` in a set sampled with ``base_seed``."""
     for name, value in (("base_seed", base_seed), ("class_index", class_index), ("index", index)):

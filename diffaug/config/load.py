@@ -230,6 +230,12 @@ def validate(cfg: DictConfig) -> None:
     _require(_scale_ok(s.guidance_scale), "sampling.guidance_scale", s.guidance_scale, GUIDANCE_RANGE)
     bad_scales = {name: scale for name, scale in s.class_guidance.items() if not _scale_ok(scale)}
     _require(not bad_scales, "sampling.class_guidance", bad_scales, f"every scale {GUIDANCE_RANGE}")
+    rg = s.random_guidance
+    _require(rg is None or (len(rg) == 2 and _scale_ok(rg[0]) and _scale_ok(rg[1]) and rg[0] <= rg[1]),
+             "sampling.random_guidance", None if rg is None else list(rg),
+             f"must be [lo, hi] with lo <= hi, each {GUIDANCE_RANGE.removeprefix('must be ')}; or null")
+    _require(rg is None or not s.class_guidance, "sampling.random_guidance", list(rg or []),
+             "cannot be combined with sampling.class_guidance; set one of them")
     gi = s.guidance_interval
     _require(gi is None or (len(gi) == 2 and 0 <= gi[0] < gi[1]), "sampling.guidance_interval",
              None if gi is None else list(gi), "must be [lo, hi] with 0 <= lo < hi (EDM sigma), or null")

@@ -115,6 +115,9 @@ class SamplingConfig:
     steps: int = 50
     guidance_scale: float = 1.0
     class_guidance: dict[str, float] = field(default_factory=dict)  # per-class scale overrides
+    # [lo, hi]: every image gets its own scale, uniform in [lo, hi] and fixed by its seed, instead of one
+    # scale: a set that mixes faithful and diverse images (null: guidance_scale / class_guidance).
+    random_guidance: Optional[list[float]] = None
     # [lo, hi]: guide only where EDM's sigma (= sigma / alpha of the process) is in (lo, hi]; None: everywhere.
     # Kynkaanniemi et al. 2024 found [0.28, 5.42] best for EDM2 (see diffusion.samplers.sample).
     guidance_interval: Optional[list[float]] = None

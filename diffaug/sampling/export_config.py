@@ -225,6 +225,7 @@ def export_augmentation_set(
             strength=float(e.strength) if sources is not None else None,
             sources=sources,
             curation=curation,
+            random_guidance=settings.random_guidance,
         )
         info = {
             "checkpoint": str(checkpoint),

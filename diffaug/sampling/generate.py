@@ -83,7 +83,8 @@ def class_items(
 ) -> list[WorkItem]:
     """Images 0 .. counts[c]-1 of every class c, ordered by (class, index): the first items of an export
     with the same settings."""
-    return build_items(counts, base_seed=settings.seed, guidance=settings.guidance(class_names))
+    return build_items(counts, base_seed=settings.seed, guidance=settings.guidance(class_names),
+                       random_guidance=settings.random_guidance)
 
 
 def draw(

@@ -36,6 +36,7 @@ class SampleSettings:
     seed: int = 0  # base seed: image i of class c uses derive_seed(seed, c, i)
     guidance_scale: float = 1.0
     class_guidance: Mapping[str, float] = field(default_factory=dict)  # per-class scale overrides
+    random_guidance: tuple[float, float] | None = None  # or: every image's scale uniform in [lo, hi]
     sampler_args: Mapping[str, Any] = field(default_factory=dict)  # options of diffusion.sample
     precision: str = "32"
     microbatch: int = 32  # rows per network call: fixes the numerics, see FixedShapeDenoiser
@@ -50,6 +51,8 @@ class SampleSettings:
             seed=int(s.seed),
             guidance_scale=float(s.guidance_scale),
             class_guidance={str(k): float(v) for k, v in s.class_guidance.items()},
+            random_guidance=None if s.random_guidance is None else (float(s.random_guidance[0]),
+                                                                     float(s.random_guidance[1])),
             sampler_args=sampler_options(cfg),
             precision=str(s.precision),
             microbatch=int(s.microbatch),
