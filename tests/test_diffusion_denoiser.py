@@ -121,8 +121,10 @@ def test_class_labels():
     assert net.seen["class_labels"].tolist() == [0, 2]
     with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 3\]"):
         denoiser(x, t, torch.tensor([0, 4]))
-    with pytest.raises(ValueError, match="integer tensor of shape"):
+    with pytest.raises(TypeError, match=r"class_labels must be int64 \(or int32\), got torch.float32"):
         denoiser(x, t, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"class_labels must have shape \(2,\)"):
+        denoiser(x, t, torch.tensor([0, 1, 2]))
 
     unconditional_net = TinyNet()
     unconditional = Denoiser(unconditional_net, process)

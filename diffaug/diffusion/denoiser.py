@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from diffaug.diffusion.process import GaussianProcess, append_dims
+from diffaug.nets.checks import check_class_labels
 
 if TYPE_CHECKING:  # the contract only: diffusion does not depend on the networks
     from diffaug.nets.protocol import DenoiserNet
@@ -154,20 +155,7 @@ class Denoiser(nn.Module):
             return None
         if class_labels is None:
             return torch.full((n,), self.num_classes, dtype=torch.long, device=device)
-        if class_labels.shape != (n,) or class_labels.is_floating_point():
-            raise ValueError(
-                f"class_labels must be an integer tensor of shape ({n},), got {class_labels.dtype} "
-                f"of shape {tuple(class_labels.shape)}"
-            )
-        # Reading the values back would stall a GPU stream at every network call: CPU tensors only. On a
-        # GPU an out-of-range label still fails, in the class embedding (a device-side assert).
-        if n and class_labels.device.type == "cpu" and (
-            int(class_labels.min()) < 0 or int(class_labels.max()) > self.num_classes
-        ):
-            raise ValueError(
-                f"class_labels must lie in [0, {self.num_classes}] ({self.num_classes} = null class), "
-                f"got values in [{int(class_labels.min())}, {int(class_labels.max())}]"
-            )
+        check_class_labels(class_labels, n, self.num_classes)  # the networks' own check, one message
         return class_labels.long()
 
     def predict(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Predictions:
