@@ -222,16 +222,25 @@ def build_objective(process: GaussianProcess, *, weighting: str | None = None, *
     return Objective(process, weighting=weighting, **options)
 
 
+def bucket_index(t: Tensor, process: GaussianProcess, num_buckets: int = 4) -> Tensor:
+    """(N,) noise-level bucket of each time: t normalised to [0, 1] over the process range, cut into
+    num_buckets equal intervals (improved-diffusion's loss quartiles)."""
+    u = ((t - process.t_min) / (process.t_max - process.t_min)).clamp(0.0, 1.0)
+    return (u * num_buckets).long().clamp(max=num_buckets - 1)
+
+
+def bucket_names(num_buckets: int = 4) -> list[str]:
+    """The buckets' metric suffixes, "t0.00-0.25" etc."""
+    return [f"t{b / num_buckets:.2f}-{(b + 1) / num_buckets:.2f}" for b in range(num_buckets)]
+
+
 def bucket_losses(
     loss: Tensor, t: Tensor, process: GaussianProcess, num_buckets: int = 4
 ) -> dict[str, float]:
-    """Mean loss per noise-level bucket: t normalised to [0, 1] over the process range and cut into
-    num_buckets equal intervals, keyed "t0.00-0.25" etc.; empty buckets are left out."""
-    u = ((t - process.t_min) / (process.t_max - process.t_min)).clamp(0.0, 1.0)
-    index = (u * num_buckets).long().clamp(max=num_buckets - 1)
-    out: dict[str, float] = {}
-    for b in range(num_buckets):
-        mask = index == b
-        if bool(mask.any()):
-            out[f"t{b / num_buckets:.2f}-{(b + 1) / num_buckets:.2f}"] = float(loss[mask].mean())
-    return out
+    """Mean loss per noise-level bucket (see :func:`bucket_index`); empty buckets are left out."""
+    index = bucket_index(t, process, num_buckets)
+    return {
+        name: float(loss[index == b].mean())
+        for b, name in enumerate(bucket_names(num_buckets))
+        if bool((index == b).any())
+    }

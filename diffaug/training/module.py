@@ -27,7 +27,7 @@ from diffaug.checkpoint import (CHECKPOINT_KEY, CheckpointError, load_state_stri
                                 read_lightning_checkpoint)
 from diffaug.config import config_from_dict
 from diffaug.diffusion.denoiser import Denoiser
-from diffaug.diffusion.losses import Objective, drop_labels
+from diffaug.diffusion.losses import Objective, bucket_index, bucket_names, drop_labels
 from diffaug.training.assemble import module_arguments
 from diffaug.training.data import mix_seed
 from diffaug.training.ema import EMA
@@ -48,11 +48,6 @@ def scales_gradients(trainer: pl.Trainer | None) -> bool:
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped on a NaN/inf loss (training.on_nonfinite="stop")."""
-
-
-def bucket_names(num_buckets: int = NUM_BUCKETS) -> list[str]:
-    """Metric suffixes of the noise-level buckets: process time normalised to [0, 1], equal intervals."""
-    return [f"t{b / num_buckets:.2f}-{(b + 1) / num_buckets:.2f}" for b in range(num_buckets)]
 
 
 class DiffusionModule(pl.LightningModule):
@@ -159,9 +154,7 @@ class DiffusionModule(pl.LightningModule):
         self._skip_this_step = True  # gradients are dropped in on_before_optimizer_step
 
     def _accumulate_buckets(self, per_sample: Tensor, t: Tensor) -> None:
-        process = self.denoiser.process
-        u = ((t - process.t_min) / (process.t_max - process.t_min)).clamp(0.0, 1.0)
-        index = (u * NUM_BUCKETS).long().clamp(max=NUM_BUCKETS - 1)  # (N,)
+        index = bucket_index(t, self.denoiser.process, NUM_BUCKETS)  # (N,)
         if self._bucket_sum is None:
             self._bucket_sum = torch.zeros(NUM_BUCKETS, dtype=torch.float64, device=per_sample.device)
             self._bucket_count = torch.zeros(NUM_BUCKETS, dtype=torch.float64, device=per_sample.device)
@@ -198,7 +191,7 @@ class DiffusionModule(pl.LightningModule):
         if self.trainer.world_size > 1:
             sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
             counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
-        for name, total, count in zip(bucket_names(), sums.tolist(), counts.tolist()):
+        for name, total, count in zip(bucket_names(NUM_BUCKETS), sums.tolist(), counts.tolist()):
             if count > 0:
                 self.log(f"train/loss_{name}", total / count, on_step=True, on_epoch=False)
         self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, on_epoch=False)
