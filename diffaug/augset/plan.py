@@ -96,6 +96,7 @@ class ExportPlan:
     strength: float | None = None  # SDEdit strength (image-conditioned mode)
     sources: tuple[tuple[str, ...], ...] | None = None  # per class: real images to vary, sorted
     curation: dict[str, Any] = field(default_factory=dict)  # classifier / near-duplicate settings
+    autoencoder_sha256: str | None = None  # a latent model's decoder: the images depend on it too
 
     def __post_init__(self) -> None:
         k = len(self.class_names)
@@ -120,7 +121,10 @@ class ExportPlan:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))  # tuples -> lists: the form it has in plan.json
+        data = json.loads(json.dumps(asdict(self)))  # tuples -> lists: the form it has in plan.json
+        if data["autoencoder_sha256"] is None:  # absent for pixel models: earlier sets keep their identity
+            del data["autoencoder_sha256"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExportPlan:
