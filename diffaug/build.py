@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lightning.pytorch import LightningDataModule
 from omegaconf import DictConfig, OmegaConf
 
+from diffaug.config import ConfigError
 from diffaug.data import DiffusionDataModule
 from diffaug.diffusion.denoiser import Denoiser
 from diffaug.diffusion.losses import Objective
@@ -20,7 +22,10 @@ from diffaug.diffusion.process import GaussianProcess
 from diffaug.diffusion.process import build_process as _process_by_name
 from diffaug.nets import DenoiserNet
 from diffaug.nets import build_net as _net_by_name
-from diffaug.hardware import auto_num_workers
+from diffaug.hardware import auto_num_workers, uses_cuda
+from diffaug.latents import CachedLatentDataModule
+from diffaug.nets.autoencoder import (AutoencoderError, FrozenAutoencoder, folder_sha256, load_frozen,
+                                      read_spec)
 
 
 def _plain(node) -> dict:
@@ -67,11 +72,58 @@ def build_datamodule(cfg: DictConfig) -> DiffusionDataModule:
     )
 
 
+def denoiser_input_shape(cfg: DictConfig) -> tuple[int, int, int]:
+    """(C, H, W) the denoiser works on: the images, or the autoencoder's latents of them."""
+    if cfg.model.autoencoder is None:
+        return (int(cfg.data.channels), int(cfg.data.resolution), int(cfg.data.resolution))
+    return read_spec(cfg.model.autoencoder).latent_shape(int(cfg.data.resolution))
+
+
+def build_autoencoder(cfg: DictConfig) -> FrozenAutoencoder | None:
+    """The frozen autoencoder of a latent model (None for a pixel model). The first build records the
+    folder's hash in the config (model.autoencoder_sha256), so every checkpoint carries it; a config that
+    already names a hash is refused with a folder of other content."""
+    m = cfg.model
+    if m.autoencoder is None:
+        return None
+    try:
+        autoencoder = load_frozen(m.autoencoder, channels=m.autoencoder_channels,
+                                  expected_sha256=m.autoencoder_sha256)
+    except AutoencoderError as error:
+        raise ConfigError(str(error)) from None
+    m.autoencoder_sha256 = autoencoder.sha256
+    return autoencoder
+
+
+def verify_autoencoder(cfg: DictConfig) -> None:
+    """Refuse a latent model's config whose autoencoder folder no longer holds the one it recorded."""
+    m = cfg.model
+    if m.autoencoder is None or m.autoencoder_sha256 is None:
+        return
+    found = folder_sha256(m.autoencoder)
+    if found != m.autoencoder_sha256:
+        raise ConfigError(
+            f"model.autoencoder={m.autoencoder} has content hash {found[:12]}, but this model was trained with "
+            f"autoencoder {m.autoencoder_sha256[:12]}; point model.autoencoder at the autoencoder it was trained with")
+
+
+def build_training_data(cfg: DictConfig, autoencoder: FrozenAutoencoder | None) -> LightningDataModule:
+    """The training run's data module: images, or with ``model.latent_cache`` the cached latents of them."""
+    inner = build_datamodule(cfg)
+    if autoencoder is None or not cfg.model.latent_cache:
+        return inner
+    # Encoded where training runs: a large folder takes a GPU minutes and a CPU hours.
+    device = "cuda" if uses_cuda(cfg.training.accelerator) else "cpu"
+    return CachedLatentDataModule(inner, autoencoder, cache_dir=cfg.model.latent_cache_dir, device=device,
+                                  progress=bool(cfg.logging.progress_bar))
+
+
 def build_net(cfg: DictConfig, num_classes: int | None) -> DenoiserNet:
+    channels, resolution, _ = denoiser_input_shape(cfg)
     return _net_by_name(
         cfg.model.net,
-        in_channels=cfg.data.channels,
-        resolution=cfg.data.resolution,
+        in_channels=channels,
+        resolution=resolution,
         num_classes=num_classes,
         attn_backend=cfg.model.attn_backend,
         grad_checkpointing=cfg.model.grad_checkpointing,

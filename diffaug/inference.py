@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from diffaug.build import build_denoiser, conditional_num_classes
+from diffaug.build import build_denoiser, conditional_num_classes, verify_autoencoder
 from diffaug.checkpoint import load_state_strictly, read_weights
 from diffaug.data import ClassMap
 from diffaug.diffusion.denoiser import Denoiser
@@ -23,6 +23,7 @@ def load_for_inference(
 ) -> tuple[Denoiser, GaussianProcess, DictConfig, ClassMap]:
     """(denoiser in eval mode, process, config, class map) from a .ckpt or model.safetensors."""
     state, cfg, class_map = read_weights(path, use_ema=use_ema, map_location=map_location)
+    verify_autoencoder(cfg)  # a latent model decodes only with the autoencoder it was trained with
     denoiser = build_denoiser(cfg, conditional_num_classes(class_map.names))
     load_state_strictly(denoiser, state, source=str(path))
     denoiser.to(map_location).eval().requires_grad_(False)

@@ -27,7 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # progress bars, W&B runs and artifacts
     ("data", "diffusion", "nets"),  # images and labels; noise processes, samplers, losses; networks
     ("config",),  # typed schema, loading and validation against the registries
-    ("checkpoint", "augset"),  # file formats: what a run writes; the augmentation-set format (no networks)
+    ("checkpoint", "augset", "latents"),  # file formats: what a run writes; the augmentation-set format (no
+    # networks); the latent cache of a data set encoded by a frozen autoencoder
     ("build", "inference"),  # config -> components; a checkpoint -> a denoiser for inference
     ("sampling",),  # generating images; export runs that write augmentation sets
     ("training", "evaluation", "cluster"),  # the LightningModule and fit; metrics; SLURM scripts

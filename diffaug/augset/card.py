@@ -52,7 +52,7 @@ def dataset_card(
             f"near-duplicates of training images ({curation['dedup_features']} distance < "
             f"{curation['dedup_threshold']}): {sum(by_duplicate)} dropped, {sum(flagged)} flagged"
         )
-    return {
+    card = {
         "format_version": CARD_FORMAT_VERSION,
         "num_images": sum(kept),
         "config_hash": plan.config_hash,
@@ -93,6 +93,9 @@ def dataset_card(
         "shards": [{"name": f"{SHARDS_DIR}/{name}", "count": n} for name, n in sorted(shard_counts.items())],
         "config": info.get("config"),
     }
+    if plan.autoencoder_sha256 is not None:  # a latent model: the images are its decoder's
+        card["autoencoder"] = {"path": info.get("autoencoder"), "sha256": plan.autoencoder_sha256}
+    return card
 
 
 def _size_category(n: int) -> str:
@@ -129,6 +132,7 @@ def dataset_card_metadata(card: dict[str, Any]) -> dict[str, Any]:
             "class_names": [c["name"] for c in card["classes"]],
             "checkpoint_sha256": card["checkpoint_sha256"],
             "config_hash": card["config_hash"],
+            **({"autoencoder_sha256": card["autoencoder"]["sha256"]} if card.get("autoencoder") else {}),
             "sampler": s["sampler"], "steps": s["steps"], "seed": s["seed"], "guidance_scale": s["guidance_scale"],
         },
     }
@@ -164,6 +168,8 @@ def dataset_card_markdown(card: dict[str, Any]) -> str:
         "(image i of class c: seed = SHA-256 of (seed, c, i))",
         f"- sizing: {card['quota_mode']}",
         f"- image-conditioned: {conditioned}",
+        *([f"- latent diffusion: decoded by the autoencoder `{card['autoencoder']['path']}` "
+           f"(SHA-256 `{card['autoencoder']['sha256']}`)"] if card.get("autoencoder") else []),
         f"- curation: {card['curation_summary']}",
         f"- formats: {', '.join(card['formats'])}; config hash `{card['config_hash']}` "
         "(SHA-256 of every setting that shapes the files; in every manifest row)",

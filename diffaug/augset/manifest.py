@@ -36,6 +36,7 @@ MANIFEST_COLUMNS = (
     "classifier_confidence",
     "nn_distance",
     "near_duplicate",
+    "autoencoder_sha256",
 )
 
 
@@ -63,6 +64,7 @@ def manifest_row(
         "classifier_confidence": record.get("classifier_confidence"),
         "nn_distance": record.get("nn_distance"),
         "near_duplicate": record.get("near_duplicate"),
+        "autoencoder_sha256": plan.autoencoder_sha256,
     }
 
 

@@ -109,6 +109,7 @@ class ExportPlan:
     sources: tuple[tuple[str, ...], ...] | None = None  # per class: real images to vary, sorted
     curation: dict[str, Any] = field(default_factory=dict)  # classifier / near-duplicate settings
     random_guidance: tuple[float, float] | None = None  # per-image scale uniform in [lo, hi]
+    autoencoder_sha256: str | None = None  # a latent model's decoder: the images depend on it too
 
     def __post_init__(self) -> None:
         k = len(self.class_names)
@@ -133,10 +134,12 @@ class ExportPlan:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        d = json.loads(json.dumps(asdict(self)))  # tuples -> lists: the form it has in plan.json
-        if d["random_guidance"] is None:  # absent when unset: earlier sets keep their identity
-            del d["random_guidance"]
-        return d
+        data = json.loads(json.dumps(asdict(self)))  # tuples -> lists: the form it has in plan.json
+        # Absent when unset (no random guidance, a pixel model): earlier sets keep their identity.
+        for name in ("random_guidance", "autoencoder_sha256"):
+            if data[name] is None:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExportPlan:

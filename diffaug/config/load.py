@@ -248,6 +248,11 @@ def validate(cfg: DictConfig) -> None:
     _require(not bad_formats and len(e.formats) > 0, "export.formats", list(e.formats),
              "choose one or both of: folder, shards")
     _check_registry_names(cfg)
+    if OmegaConf.is_missing(cfg.model, "autoencoder"):
+        raise ConfigError("config key 'model.autoencoder' must be set for this latent model: set "
+                          "model.autoencoder to a local diffusers AutoencoderKL folder (save_pretrained's)")
+    if cfg.model.autoencoder is not None:
+        _check_latents(cfg)
     if t.trainer_args:  # imports Lightning, which a config without them need not
         from diffaug.config.trainer_args import check_trainer_args
 
@@ -290,6 +295,42 @@ def _check_registry_names(cfg: DictConfig) -> None:
                    lambda: check_objective_options(weighting, OmegaConf.to_container(o.args)))
     _check_options("sampling.sampler_args",
                    lambda: check_sampler_options(s.sampler, OmegaConf.to_container(s.sampler_args)))
+
+
+def _check_latents(cfg: DictConfig) -> None:
+    """A latent model: the autoencoder folder is one, the data fits it, and the denoiser fits its latents."""
+    import torch
+
+    from diffaug.nets import build_net
+    from diffaug.nets.autoencoder import AutoencoderError, check_channel_mapping, read_spec
+
+    m, d = cfg.model, cfg.data
+    try:
+        spec = read_spec(m.autoencoder)
+        check_channel_mapping(spec, int(d.channels), m.autoencoder_channels)
+    except AutoencoderError as error:
+        raise ConfigError(str(error)) from None
+    f = spec.downsample
+    _require(d.resolution % f == 0, "data.resolution", d.resolution,
+             f"the autoencoder downsamples by {f}: use a multiple of {f} (e.g. {max(f, d.resolution // f * f)})")
+    latent = spec.latent_shape(int(d.resolution))
+    wanted = {"in_channels": latent[0], "resolution": latent[1]}
+    for key, value in wanted.items():
+        given = m.args.get(key)
+        _require(given is None or given == value, f"model.args.{key}", given,
+                 f"the autoencoder's latents are {latent} (channels, height, width) at data.resolution="
+                 f"{d.resolution}; remove model.args.{key} (it is set from the latents) or set it to {value}")
+    args = {k: v for k, v in OmegaConf.to_container(m.args).items() if k not in wanted}
+    try:
+        with torch.device("meta"):  # the network's own checks, without allocating its weights
+            build_net(m.net, **wanted, **args)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model.net={m.net} does not fit the latents {latent} of model.autoencoder at "
+                          f"data.resolution={d.resolution}: {str(error).splitlines()[0]}; change model.args "
+                          "(e.g. patch_size) or data.resolution") from None
+    _require(not m.latent_cache or d.source != "shards", "model.latent_cache", True,
+             "the cache reads map-style sources (folder, idx, sklearn_digits); streamed shards are encoded "
+             "on the fly: set model.latent_cache=false")
 
 
 # ---------------------------------------------------------------- saving and identity

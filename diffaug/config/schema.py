@@ -51,6 +51,20 @@ class ModelConfig:
     args: dict[str, Any] = field(default_factory=dict)  # keyword overrides for the preset
     attn_backend: Literal["sdpa", "xformers", "math"] = "sdpa"
     grad_checkpointing: bool = False
+    # Latent diffusion: a local diffusers AutoencoderKL folder (save_pretrained's; for Stable Diffusion, its
+    # vae/ sub-folder). The denoiser then works on its latents (latent_channels, resolution / downsampling),
+    # and every sample is decoded. Frozen: never trained, in neither the EMA, the optimiser nor the weights.
+    autoencoder: Optional[str] = None
+    # The SHA-256 of the autoencoder's config and weights: filled in by training, checked wherever the model is
+    # loaded, so a checkpoint never decodes with another autoencoder than the one it was trained on.
+    autoencoder_sha256: Optional[str] = None
+    # "match": data.channels equals the autoencoder's input channels. "repeat": grey data with an RGB
+    # autoencoder: the grey channel is repeated to three on encoding, decoded RGB averaged back to grey.
+    autoencoder_channels: Literal["match", "repeat"] = "match"
+    # Encode the training data once into a cache (posterior mean and log-variance, fp16 chunks; a fresh
+    # posterior sample every step) instead of encoding every batch; keyed by data, autoencoder and geometry.
+    latent_cache: bool = False
+    latent_cache_dir: str = ".cache/diffaug/latents"
 
 
 @dataclass

@@ -158,7 +158,12 @@ def _bpd(cfg: DictConfig, args: argparse.Namespace) -> int:
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     # Bits/dim evaluates the model itself: the trained denoiser, never a generated set.
-    denoiser, process, _, class_map = load_for_inference(checkpoint, use_ema=True, map_location="cpu")
+    denoiser, process, model_cfg, class_map = load_for_inference(checkpoint, use_ema=True, map_location="cpu")
+    if model_cfg.model.autoencoder is not None:
+        raise ValueError(
+            f"{checkpoint} is a latent model (model.autoencoder={model_cfg.model.autoencoder}): its ODE gives the "
+            "likelihood of autoencoder latents, not of images, so bits/dim of pixels is not defined for it; "
+            "compare latent models by FID (diffaug eval fid) instead")
     device = evaluation_device(s.device)
     denoiser = denoiser.to(device)
     if process.discrete:

@@ -138,6 +138,7 @@ def run_export(
     source_pixels: Mapping[str, Tensor] | None = None,
     finalize: bool = True,
     progress: bool = True,
+    autoencoder: Any = None,
 ) -> ExportSummary:
     """Make this process's part of ``plan`` under ``out_dir`` (skipping finished items), then finalise
     the set if every part is done (``finalize=False``: never; ``finalize_export`` does it later).
@@ -152,6 +153,9 @@ def run_export(
         raise ValueError("the plan's curation settings and the classifier filter given disagree")
     if ("dedup_threshold" in plan.curation) != (duplicate_filter is not None):
         raise ValueError("the plan's curation settings and the near-duplicate filter given disagree")
+    if (autoencoder is None) != (plan.autoencoder_sha256 is None) or (
+            autoencoder is not None and autoencoder.sha256 != plan.autoencoder_sha256):
+        raise ValueError("the plan's autoencoder hash and the autoencoder given disagree")
     if plan.sources is not None and source_transform is None:
         raise ValueError("an image-conditioned plan needs source_transform to load its source images")
     partition = partition or Partition(0, 1)
@@ -224,7 +228,7 @@ def run_export(
                 paths = [it.source for it in batch]
                 x_start = _load_sources(paths, source_transform, source_pixels)  # (N, C, H, W)
             images = draw(denoiser, process, batch, settings=settings, device=device, shape=plan.image_shape,
-                          x_start=x_start, strength=plan.strength)  # (N, C, H, W) uint8
+                          x_start=x_start, strength=plan.strength, autoencoder=autoencoder)  # (N, C, H, W) uint8
             record_log.append(
                 _save_batch(plan, out_dir, batch, images, tag, device, classifier_filter, duplicate_filter)
             )

@@ -214,7 +214,7 @@ def export_augmentation_set(
             sampler=settings.sampler,
             steps=settings.steps,
             seed=settings.seed,
-            image_shape=image_shape(model.denoiser),
+            image_shape=image_shape(model.denoiser, model.autoencoder),
             checkpoint_sha256=model.checkpoint_sha256,
             sampler_args=dict(settings.sampler_args),
             precision=effective_precision(model.device, settings.precision),
@@ -226,6 +226,7 @@ def export_augmentation_set(
             sources=sources,
             curation=curation,
             random_guidance=settings.random_guidance,
+            autoencoder_sha256=None if model.autoencoder is None else model.autoencoder.sha256,
         )
         info = {
             "checkpoint": str(checkpoint),
@@ -235,6 +236,8 @@ def export_augmentation_set(
             "class_guidance": dict(settings.class_guidance),
             "config": _card_config(cfg),
         }
+        if model.autoencoder is not None:
+            info["autoencoder"] = str(cfg.model.autoencoder)
         transform = ImageTransform(resolution=int(cfg.data.resolution), channels=int(cfg.data.channels))
         summary = run_export(
             plan,
@@ -251,6 +254,7 @@ def export_augmentation_set(
             source_pixels=source_pixels,
             finalize=finalize,
             progress=bool(cfg.logging.progress_bar) if progress is None else progress,
+            autoencoder=model.autoencoder,
         )
         if summary.finalized and tracking.enabled(cfg):  # the process that finished the set logs it
             tracking.log_export(cfg, model.checkpoint, summary.out_dir)

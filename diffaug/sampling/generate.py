@@ -19,7 +19,8 @@ from torch import Tensor
 from diffaug.augset.plan import WorkItem, build_items
 from diffaug.config import ConfigError
 from diffaug.data.transforms import to_uint8
-from diffaug.sampling.fixed_shape import FixedShapeDenoiser
+from diffaug.nets.autoencoder import FrozenAutoencoder
+from diffaug.sampling.fixed_shape import FixedShapeDenoiser, apply_in_chunks
 from diffaug.sampling.settings import SampleSettings
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,11 @@ def is_conditional(denoiser: Any) -> bool:
     return bool(getattr(denoiser, "num_classes", None))
 
 
-def image_shape(denoiser: Any) -> tuple[int, int, int]:
-    """(C, H, W) of the images the denoiser's network makes."""
+def image_shape(denoiser: Any, autoencoder: FrozenAutoencoder | None = None) -> tuple[int, int, int]:
+    """(C, H, W) of the images the denoiser's network makes, decoded by ``autoencoder`` for a latent model."""
     net = denoiser.net
-    return (int(net.in_channels), int(net.resolution), int(net.resolution))
+    shape = (int(net.in_channels), int(net.resolution), int(net.resolution))
+    return shape if autoencoder is None else autoencoder.image_shape(shape)
 
 
 def class_items(
@@ -97,13 +99,14 @@ def draw(
     shape: tuple[int, int, int] | None = None,
     x_start: Tensor | None = None,
     strength: float | None = None,
+    autoencoder: FrozenAutoencoder | None = None,
 ) -> Tensor:
     """(N, C, H, W) uint8 images of ``items``, generated ``settings.batch_size`` at a time.
 
-    ``shape`` (C, H, W) defaults to the denoiser network's; ``x_start`` / ``strength`` as in
-    :func:`generate_images`.
+    ``shape`` (C, H, W) of the images defaults to the denoiser network's (decoded, for a latent model);
+    ``x_start`` / ``strength`` / ``autoencoder`` as in :func:`generate_images`.
     """
-    shape = shape or image_shape(denoiser)
+    shape = shape or image_shape(denoiser, autoencoder)
     size = settings.batch_size
     batches = [
         generate_images(
@@ -119,6 +122,7 @@ def draw(
             microbatch=settings.microbatch,
             x_start=None if x_start is None else x_start[start : start + size],
             strength=strength,
+            autoencoder=autoencoder,
         )
         for start in range(0, len(items), size)
     ]
@@ -140,16 +144,47 @@ def generate_images(
     microbatch: int = 32,
     x_start: Tensor | None = None,
     strength: float | None = None,
+    autoencoder: FrozenAutoencoder | None = None,
 ) -> Tensor:
     """(N, C, H, W) uint8 images, image n made from ``items[n]``'s seed, class and guidance only.
 
     The network runs on chunks of exactly ``microbatch`` rows (see :class:`FixedShapeDenoiser`).
     ``x_start`` (N, C, H, W) in [-1, 1] with ``strength`` makes SDEdit variations of real images.
+    ``autoencoder``: a latent model's; ``image_shape`` is then the decoded images', sampling runs on latents,
+    and encoding (of ``x_start``) and decoding run on ``microbatch`` rows too.
     """
+    if autoencoder is not None:
+        return _generate_latent(denoiser, process, items, autoencoder, image_shape=image_shape, sampler=sampler,
+                                steps=steps, sampler_args=sampler_args, device=device, precision=precision,
+                                microbatch=microbatch, x_start=x_start, strength=strength)
+    return to_uint8(sample_x0(
+        denoiser, process, items, image_shape=image_shape, sampler=sampler, steps=steps,
+        sampler_args=sampler_args, device=device, precision=precision, microbatch=microbatch, x_start=x_start,
+        strength=strength)).cpu()
+
+
+@torch.no_grad()
+def sample_x0(
+    denoiser: Callable[..., Tensor],
+    process: Any,
+    items: Sequence[WorkItem],
+    *,
+    image_shape: tuple[int, int, int],
+    sampler: str,
+    steps: int,
+    sampler_args: Mapping[str, Any] | None = None,
+    device: torch.device,
+    precision: Precision = "32",
+    microbatch: int = 32,
+    x_start: Tensor | None = None,
+    strength: float | None = None,
+) -> Tensor:
+    """(N, C, H, W) float32 samples of the denoiser's own space (images, or a latent model's latents), as
+    :func:`generate_images` describes them."""
     from diffaug.diffusion import sample  # the diffusion core's single sampler entry point
 
     if not items:
-        return torch.empty((0, *image_shape), dtype=torch.uint8)
+        return torch.empty((0, *image_shape), dtype=torch.float32)
     conditional = is_conditional(denoiser)
     # Guidance needs a class-conditional network; an unconditional one samples with scale 1.
     unguided = [not conditional or it.guidance == 1.0 for it in items]
@@ -158,9 +193,9 @@ def generate_images(
         # which rounds differently even where the scale is 1: sample the two groups apart so that an
         # image never depends on the scales of its batch mates.
         groups = [[n for n, u in enumerate(unguided) if u], [n for n, u in enumerate(unguided) if not u]]
-        out = torch.empty((len(items), *image_shape), dtype=torch.uint8)
+        out = torch.empty((len(items), *image_shape), dtype=torch.float32, device=device)
         for group in groups:
-            out[group] = generate_images(
+            out[group] = sample_x0(
                 denoiser,
                 process,
                 [items[n] for n in group],
@@ -199,4 +234,25 @@ def generate_images(
             device=device,
             **dict(sampler_args or {}),
         )  # (N, C, H, W)
-    return to_uint8(x0.float()).cpu()
+    return x0.float()
+
+
+def _generate_latent(denoiser: Callable[..., Tensor], process: Any, items: Sequence[WorkItem],
+                     autoencoder: FrozenAutoencoder, *, image_shape: tuple[int, int, int], microbatch: int,
+                     sampler_args: Mapping[str, Any] | None, x_start: Tensor | None, device: torch.device,
+                     **sampling: Any) -> Tensor:
+    """:func:`generate_images` of a latent model: sample latents, decode them to images.
+
+    ``clip_x0`` clamps to the image range [-1, 1], which only the decoded images have (``to_uint8`` clamps
+    them); latents have no such range, and clamping their x0 predictions would distort every sample.
+    """
+    if not items:
+        return torch.empty((0, *image_shape), dtype=torch.uint8)
+    options = {**(sampler_args or {}), "clip_x0": False}
+    autoencoder.to(device)
+    if x_start is not None:  # SDEdit from real images starts from their latents (the posterior mean)
+        x_start = apply_in_chunks(autoencoder.encode, microbatch, x_start.to(device))
+    latents = sample_x0(denoiser, process, items, image_shape=autoencoder.latent_shape(image_shape),
+                        sampler_args=options, device=device, microbatch=microbatch, x_start=x_start,
+                        **sampling)  # (N, Cl, h, w)
+    return to_uint8(apply_in_chunks(autoencoder.decode, microbatch, latents)).cpu()  # (N, C, H, W)

@@ -47,12 +47,15 @@ def class_grid(
     per_class: int,
     settings: SampleSettings,
     device: torch.device,
+    autoencoder: Any = None,
 ) -> Tensor:
-    """(C, H', W') uint8 grid: row c holds images 0 .. per_class-1 of class c."""
+    """(C, H', W') uint8 grid: row c holds images 0 .. per_class-1 of class c (decoded by ``autoencoder``
+    for a latent model)."""
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
     items = class_items([per_class] * len(class_names), class_names, settings)
-    return image_grid(draw(denoiser, process, items, settings=settings, device=device), per_class)
+    images = draw(denoiser, process, items, settings=settings, device=device, autoencoder=autoencoder)
+    return image_grid(images, per_class)
 
 
 def write_grid(path: str | Path, grid: Tensor) -> Path:
@@ -74,7 +77,8 @@ def sample_grid(
     """
     model = load_model(checkpoint, overrides, device=device)
     grid = class_grid(model.denoiser, model.process, model.class_map.names, per_class=per_class,
-                      settings=model.settings, device=model.device)  # (C, H', W')
+                      settings=model.settings, device=model.device,
+                      autoencoder=model.autoencoder)  # (C, H', W')
     path = (
         Path(out) if out is not None else model.checkpoint.with_name(f"{model.checkpoint.stem}_samples.png")
     )

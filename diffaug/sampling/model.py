@@ -13,9 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from diffaug.augset.files import file_sha256
+from diffaug.build import build_autoencoder
 from diffaug.config import ConfigError
 from diffaug.config.load import parse_overrides, validate
 from diffaug.data import ClassMap
+from diffaug.nets.autoencoder import FrozenAutoencoder
 from diffaug.sampling.generate import resolve_device
 from diffaug.sampling.settings import SampleSettings
 
@@ -33,6 +35,7 @@ class LoadedModel:
     checkpoint: Path
     checkpoint_sha256: str
     device: torch.device
+    autoencoder: FrozenAutoencoder | None = None  # a latent model's: every sample is decoded by it
 
     @property
     def settings(self) -> SampleSettings:
@@ -86,4 +89,7 @@ def load_model(
     cfg = apply_overrides(saved_cfg, overrides)
     target = resolve_device(device or cfg.sampling.device)
     denoiser = denoiser.to(target).eval()
-    return LoadedModel(denoiser, process, cfg, class_map, path, file_sha256(path), target)
+    autoencoder = build_autoencoder(cfg)
+    if autoencoder is not None:
+        autoencoder.to(target)
+    return LoadedModel(denoiser, process, cfg, class_map, path, file_sha256(path), target, autoencoder)

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from diffaug.build import build_denoiser, build_objective
+from diffaug.build import build_autoencoder, build_denoiser, build_objective
 from diffaug.checkpoint import checkpoint_metadata
 from diffaug.config import to_dict
 from diffaug.training.finetune import prepare_for_finetuning
@@ -24,6 +24,7 @@ def module_arguments(
     """``DiffusionModule``'s keyword arguments for a run. ``init_weights=False`` skips ``training.init_from``
     (a resume, whose checkpoint brings the weights), but still applies LoRA so the parameter names match."""
     t = cfg.training
+    autoencoder = build_autoencoder(cfg)  # before the metadata: it records the autoencoder's hash in cfg
     denoiser = build_denoiser(cfg, num_classes)
     prepare_for_finetuning(
         denoiser,
@@ -49,4 +50,6 @@ def module_arguments(
         seed=t.seed,
         compile=t.compile,
         metadata=checkpoint_metadata(to_dict(cfg), list(class_names)),
+        autoencoder=autoencoder,
+        latent_inputs="moments" if autoencoder is not None and cfg.model.latent_cache else "pixels",
     )

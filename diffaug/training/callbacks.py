@@ -44,7 +44,8 @@ class SampleGrid(pl.Callback):
         denoiser = pl_module.ema.module
         with evaluating(denoiser):
             return class_grid(denoiser, denoiser.process, self.class_names, per_class=self.per_class,
-                              settings=self.settings, device=pl_module.device)
+                              settings=self.settings, device=pl_module.device,
+                              autoencoder=getattr(pl_module, "autoencoder", None))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -28,6 +28,7 @@ from diffaug.checkpoint import (CHECKPOINT_KEY, CheckpointError, load_state_stri
 from diffaug.config import config_from_dict
 from diffaug.diffusion.denoiser import Denoiser
 from diffaug.diffusion.losses import Objective, bucket_index, bucket_names, drop_labels
+from diffaug.nets.autoencoder import FrozenAutoencoder
 from diffaug.training.assemble import module_arguments
 from diffaug.training.data import mix_seed
 from diffaug.training.ema import EMA
@@ -38,7 +39,8 @@ logger = logging.getLogger(__name__)
 OnNonFinite = Literal["stop", "skip"]
 NUM_BUCKETS = 4
 # Streams of mix_seed, so the per-step seeds of different uses never coincide.
-_TRAIN_STREAM, _DROPOUT_STREAM, _VAL_STREAM = 0, 1, 2
+_TRAIN_STREAM, _DROPOUT_STREAM, _VAL_STREAM, _LATENT_STREAM, _VAL_LATENT_STREAM = 0, 1, 2, 3, 4
+LatentInputs = Literal["pixels", "moments"]
 
 
 def scales_gradients(trainer: pl.Trainer | None) -> bool:
@@ -72,8 +74,12 @@ class DiffusionModule(pl.LightningModule):
         seed: int = 0,
         compile: bool = False,
         metadata: dict[str, Any] | None = None,
+        autoencoder: FrozenAutoencoder | None = None,
+        latent_inputs: LatentInputs = "pixels",
     ):
         super().__init__()
+        if latent_inputs not in get_args(LatentInputs):
+            raise ValueError(f"latent_inputs={latent_inputs!r} is not valid; choose one of {get_args(LatentInputs)}")
         if on_nonfinite not in get_args(OnNonFinite):
             raise ValueError(
                 f"on_nonfinite={on_nonfinite!r} is not valid; choose one of {get_args(OnNonFinite)}"
@@ -90,6 +96,9 @@ class DiffusionModule(pl.LightningModule):
         self.seed = seed
         self.metadata = metadata or {}
         self.ema = EMA(denoiser, halflife_kimg=ema_halflife_kimg, rampup=ema_rampup)
+        # A plain object, not a submodule: frozen, outside the parameters, optimiser, EMA and state dict.
+        self.autoencoder = autoencoder
+        self.latent_inputs: LatentInputs = latent_inputs
         if compile:
             # In place, so parameter names (and checkpoints) are the same as without compilation.
             self.denoiser.net.compile()
@@ -112,10 +121,24 @@ class DiffusionModule(pl.LightningModule):
         step_seed = mix_seed(self.seed, _DROPOUT_STREAM, self.global_rank, self.global_step, batch_idx)
         torch.manual_seed(step_seed)
 
+    def to_latents(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """What the denoiser trains on: ``x`` itself for a pixel model; for a latent model a posterior sample
+        of the autoencoder, from images (N, C, H, W) in [-1, 1] (any augmentation already applied) or from
+        cached moments (N, 2 Cl, h, w)."""
+        if self.autoencoder is None:
+            return x
+        self.autoencoder.to(x.device)
+        if self.latent_inputs == "moments":
+            mean, logvar = x.float().chunk(2, dim=1)  # (N, Cl, h, w) each
+        else:
+            mean, logvar = self.autoencoder.moments(x)
+        return self.autoencoder.sample_latents(mean, logvar, generator).to(x.device)
+
     def denoising_loss(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> tuple[Tensor, Tensor]:
         """Per-sample loss (N,) and times t (N,) of a training batch, with this step's seeds and label
         dropout: the computation of ``training_step`` without its bookkeeping (benchmarks time it alone)."""
-        x0, labels = batch  # (N, C, H, W) in [-1, 1], (N,)
+        x, labels = batch  # (N, C, H, W) in [-1, 1] (or latent moments), (N,)
+        x0 = self.to_latents(x, self._generator(_LATENT_STREAM, self.global_rank, self.global_step, batch_idx))
         generator = self._generator(_TRAIN_STREAM, self.global_rank, self.global_step, batch_idx)
         class_labels = None
         if self.denoiser.conditional:
@@ -201,9 +224,10 @@ class DiffusionModule(pl.LightningModule):
     # ------------------------------------------------------------------ validation
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x0, labels = batch
+        x, labels = batch
         class_labels = labels if self.denoiser.conditional else None
-        n = x0.shape[0]
+        n = x.shape[0]
+        x0 = self.to_latents(x, self._generator(_VAL_LATENT_STREAM, self.global_rank, batch_idx))
         for name, model in (("val/loss", self.denoiser), ("val/loss_ema", self.ema.module)):
             # The same t and noise at every validation, so the curve shows the model, not the draw.
             generator = self._generator(_VAL_STREAM, self.global_rank, batch_idx)

@@ -37,12 +37,14 @@ def items_in_turn(n: int, class_names: Sequence[str], settings: SampleSettings) 
 
 @torch.no_grad()
 def quality_samples(denoiser: torch.nn.Module, *, n: int, class_names: Sequence[str],
-                    settings: SampleSettings, device: torch.device) -> tuple[Tensor, Tensor]:
-    """``n`` uint8 samples (N, C, H, W), the classes in turn, drawn as ``diffaug sample`` draws them; and
-    their labels (N,)."""
+                    settings: SampleSettings, device: torch.device,
+                    autoencoder: Any = None) -> tuple[Tensor, Tensor]:
+    """``n`` uint8 samples (N, C, H, W), the classes in turn, drawn as ``diffaug sample`` draws them (decoded
+    by a latent model's ``autoencoder``); and their labels (N,)."""
     items = items_in_turn(n, class_names, settings)
     with evaluating(denoiser):
-        images = draw(denoiser, denoiser.process, items, settings=settings, device=device)
+        images = draw(denoiser, denoiser.process, items, settings=settings, device=device,
+                      autoencoder=autoencoder)
     return images, torch.tensor([it.class_index for it in items], dtype=torch.int64)
 
 
@@ -76,7 +78,8 @@ class QualityMonitor(pl.Callback):
         extractor, real_features = self._reference()
         denoiser = pl_module.ema.module
         images, _ = quality_samples(denoiser, n=self.num_samples, class_names=self.reference.class_map.names,
-                                    settings=self.settings, device=pl_module.device)
+                                    settings=self.settings, device=pl_module.device,
+                                    autoencoder=getattr(pl_module, "autoencoder", None))
         fake_features = extractor(images)  # (N, D)
         metrics = fid_kid(real_features, fake_features, kid_subsets=self.kid_subsets, kid_subset_size=1000)
         metrics |= precision_recall(real_features, fake_features, k=self.nearest_k)

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from diffaug import tracking
-from diffaug.build import build_datamodule, conditional_num_classes
+from diffaug.build import build_autoencoder, build_training_data, conditional_num_classes
 from diffaug.checkpoint import CheckpointError, read_lightning_checkpoint, save_weights
 from diffaug.cluster.requeue import JobRequeued, slurm_training_extras
 from diffaug.config import ConfigError, config_hash, save_config, to_dict
@@ -257,7 +257,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     if resume_path is not None:
         check_resume_checkpoint(resume_path)
     pl.seed_everything(t.seed, workers=True, verbose=False)
-    inner = build_datamodule(cfg)
+    autoencoder = build_autoencoder(cfg)  # records its hash in cfg, before config.yaml is written
+    inner = build_training_data(cfg, autoencoder)
     inner.setup("fit")  # before the run directory exists: data that cannot train leaves nothing behind
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(cfg, run_dir)
