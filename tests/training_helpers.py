@@ -25,14 +25,15 @@ def one_torch_thread():
 TINY_NET = "model.args={model_channels: 16, channel_mult: [1], norm_groups: 8}"
 
 
-def tiny_config(run_dir: Path, *overrides: str) -> DictConfig:
-    """sklearn digits at 8x8, tiny UNet, CPU, no progress bar, no logger; overrides win."""
+def tiny_config(run_dir: Path, *overrides: str, net: str | None = TINY_NET) -> DictConfig:
+    """sklearn digits at 8x8, tiny UNet (``net``: its model.args override, None for none), CPU, no progress
+    bar, no logger; overrides win."""
     base = [
         f"run_dir={run_dir}",
         "data.resolution=8",
         "data.batch_size=8",
         "data.max_items=32",
-        TINY_NET,
+        *([net] if net else []),
         "training.max_steps=8",
         "training.warmup_steps=2",
         "training.checkpoint_every_n_steps=4",

@@ -17,6 +17,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from diffaug.config.pretrained import resolve_pretrained
 from diffaug.config.schema import Config
 from diffaug.registry import did_you_mean
 
@@ -168,6 +169,7 @@ def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ())
         cfg = _merge(cfg, read_yaml(name), str(name))
     cfg = _merge(cfg, parse_overrides(overrides), "the command line")
     _check_interpolations(cfg)
+    cfg = resolve_pretrained(cfg)  # a pretrained folder's architecture and objective, as config keys
     validate(cfg)
     return cfg
 

@@ -3,19 +3,23 @@
 Weights load strictly except the class embedding table when the class sets differ. Its rows are matched
 by class NAME: a class present in both keeps its learned row, a new class keeps the fresh initialisation of
 the new network, and the learned null-class row (the last one, used by classifier-free guidance) is kept.
+A folder instead of a checkpoint is a diffusers UNet (``model.args.pretrained``), whose nameless class rows
+``diffaug.nets.diffusers_unet.folder_state`` sizes for the data's classes.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from diffaug.checkpoint import load_state_strictly, read_weights
 from diffaug.diffusion.denoiser import Denoiser
-from diffaug.nets.lora import add_lora
+from diffaug.nets.diffusers_unet import folder_state
+from diffaug.nets.lora import LORA_TARGETS, add_lora
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +53,29 @@ def remap_class_table(
     return table, report
 
 
+def _is_class_table(denoiser: Denoiser, key: str) -> bool:
+    """A state-dict key (under the denoiser) of the network's class table."""
+    own = getattr(denoiser.net, "class_table", None)
+    return key.endswith(CLASS_TABLE_SUFFIX) or (own is not None and key == f"net.{own}")
+
+
+def _load_folder(denoiser: Denoiser, path: str, class_names: Sequence[str]) -> dict[str, list[str]]:
+    state, report = folder_state(denoiser.net, path, list(class_names))
+    load_state_strictly(denoiser.net, state, source=path)
+    return report
+
+
 def load_pretrained(denoiser: Denoiser, path: str, class_names: Sequence[str]) -> dict[str, list[str]]:
-    """Load ``path``'s EMA weights into ``denoiser`` (built for ``class_names``); returns the class report."""
+    """Load ``path``'s EMA weights (or a diffusers folder's) into ``denoiser`` (built for ``class_names``);
+    returns the class report."""
+    if Path(path).is_dir():
+        report = _load_folder(denoiser, path, class_names)
+        _log_report(path, report, class_names, "rows taken by index; the null-class row is new")
+        return report
     state, _, old_map = read_weights(path, use_ema=True)
     own = denoiser.state_dict()
     report = {"kept": list(class_names), "initialised": [], "dropped": []}
-    table_keys = sorted({k for k in (*state, *own) if k.endswith(CLASS_TABLE_SUFFIX)})
+    table_keys = sorted({k for k in (*state, *own) if _is_class_table(denoiser, k)})
     if len(table_keys) > 1:
         raise ValueError(f"expected at most one class embedding table, found {table_keys}")
     for key in table_keys:
@@ -70,15 +91,20 @@ def load_pretrained(denoiser: Denoiser, path: str, class_names: Sequence[str]) -
             del state[key]
             report = {"kept": [], "initialised": [], "dropped": list(old_map.names)}
     load_state_strictly(denoiser, state, source=path)
+    _log_report(path, report, class_names)
+    return report
+
+
+def _log_report(path: str, report: dict[str, list[str]], class_names: Sequence[str],
+                null_row: str = "the null-class row is kept") -> None:
     if report["initialised"] or report["dropped"]:
         logger.warning(
-            "fine-tuning from %s: class embedding rows kept for %s; newly initialised for %s; dropped %s "
-            "(the null-class row is kept)",
+            "fine-tuning from %s: class embedding rows kept for %s; newly initialised for %s; dropped %s (%s)",
             path, report["kept"] or "none", report["initialised"] or "none", report["dropped"] or "none",
+            null_row,
         )
     else:
         logger.info("fine-tuning from %s: all %d classes matched by name", path, len(class_names))
-    return report
 
 
 def freeze_prefixes(module: nn.Module, prefixes: Sequence[str]) -> list[str]:
@@ -110,10 +136,11 @@ def prepare_for_finetuning(
         load_pretrained(denoiser, init_from, class_names)
     if lora_rank > 0:
         denoiser.requires_grad_(False)
-        adapted = add_lora(denoiser.net, rank=lora_rank)
+        adapted = add_lora(denoiser.net, rank=lora_rank,
+                           targets=getattr(denoiser.net, "lora_targets", LORA_TARGETS))
         for name, param in denoiser.named_parameters():
             # New classes need their embedding rows learned, which a low-rank update elsewhere cannot do.
-            if ".lora_" in name or name.endswith(CLASS_TABLE_SUFFIX):
+            if ".lora_" in name or _is_class_table(denoiser, name):
                 param.requires_grad_(True)
         logger.info("LoRA rank %d on %d layers", lora_rank, len(adapted))
     if freeze:
