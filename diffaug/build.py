@@ -85,6 +85,9 @@ def build_autoencoder(cfg: DictConfig) -> FrozenAutoencoder | None:
     already names a hash is refused with a folder of other content."""
     m = cfg.model
     if m.autoencoder is None:
+        if m.latent_cache:  # a latent preset whose autoencoder the user has not named yet
+            raise ConfigError("model.latent_cache=true caches autoencoder latents, but model.autoencoder is not set: "
+                              "set model.autoencoder to a local diffusers AutoencoderKL folder")
         return None
     try:
         autoencoder = load_frozen(m.autoencoder, channels=m.autoencoder_channels,

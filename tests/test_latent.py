@@ -56,7 +56,7 @@ def latent_config(run_dir: Path, vae: Path, *overrides: str):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, vae):
     run_dir = tmp_path_factory.mktemp("latent-run")
-    return train(latent_config(run_dir, vae)), vae
+    return train(latent_config(run_dir, vae, "training.sample_every_n_steps=3")), vae
 
 
 # ---------------------------------------------------------------- training on latents, exporting decoded images
@@ -83,6 +83,10 @@ def test_training_records_the_autoencoder_and_export_decodes(trained, tmp_path):
         names = list(f.keys())
     assert saved["autoencoder"] == str(vae) and len(saved["autoencoder_sha256"]) == 64
     assert not any("encoder" in n or "decoder" in n for n in names)  # only the denoiser's weights
+    from PIL import Image
+
+    with Image.open(result.run_dir / "samples" / "step_0000003.png") as grid:  # the training grid, decoded
+        assert grid.size == (8 * 18 + 2, 10 * 18 + 2) and grid.mode == "L"  # 16 px cells, 2 px gaps
     digests = []
     for batch_size in (3, 5):
         out = tmp_path / f"export-{batch_size}"
@@ -90,8 +94,6 @@ def test_training_records_the_autoencoder_and_export_decodes(trained, tmp_path):
                                                  f"sampling.batch_size={batch_size}"], progress=False)
         digests.append({k: v for k, v in tree_digest(out).items() if k.startswith("images/")})
     assert len(digests[0]) == 20 and digests[0] == digests[1]  # byte-identical at both batch sizes
-    from PIL import Image
-
     with Image.open(next((tmp_path / "export-3" / "images").rglob("*.png"))) as image:
         assert image.size == (16, 16) and image.mode == "L"  # decoded grey pixels, not latents
     card = json.loads((tmp_path / "export-3" / "dataset_card.json").read_text())
@@ -223,7 +225,7 @@ def test_training_on_cached_latents(tmp_path, vae):
     (["model.autoencoder_channels=match"], r"data.channels=1 but .* set model.autoencoder_channels=repeat"),
     (["model.args.in_channels=1"], r"model.args.in_channels.* remove model.args.in_channels .* set it to 4"),
     (["data.resolution=17"], r"data.resolution.* downsamples by 2: use a multiple of 2"),
-    (["model.net=dit-s-2", "model.args={patch_size: 3}"],
+    (["model.net=dit-s-2", "model.args.patch_size=3"],
      r"model.net=dit-s-2 does not fit the latents \(4, 8, 8\) .*change model.args"),
     (["model.latent_cache=true", "data.source=shards", "data.path=x"], r"set model.latent_cache=false"),
 ])
@@ -243,14 +245,13 @@ def test_bad_latent_configs_say_what_to_change(tmp_path, vae, overrides, message
 @pytest.mark.parametrize("preset", ["latent-dit-s-2", "latent-dit-b-2", "latent-dit-l-2", "latent-dit-xl-2",
                                     "latent-unet"])
 def test_latent_presets_need_an_autoencoder_and_fit_its_latents(tmp_path, vae, preset):
-    with pytest.raises(ConfigError, match="must be set for this latent model: set model.autoencoder"):
-        load_config([f"model/{preset}.yaml"], ["data.resolution=32"])
+    with pytest.raises(ConfigError, match=r"^model.latent_cache=true .* set model.autoencoder to a local diffusers"):
+        build_autoencoder(load_config([f"model/{preset}.yaml"], ["data.resolution=32"]))
     cfg = load_config([f"model/{preset}.yaml"], ["data.resolution=32", "data.channels=3", f"model.autoencoder={vae}"])
     assert cfg.model.latent_cache and cfg.model.autoencoder == str(vae)
 
 
 def test_the_256_px_experiment_loads_with_a_folder_and_an_autoencoder(tmp_path, vae):
-    (tmp_path / "images" / "a").mkdir(parents=True)
     cfg = load_config(["experiment/latent-folder-256.yaml"],
                       [f"data.path={tmp_path / 'images'}", f"model.autoencoder={vae}"])
     assert (cfg.model.net, cfg.data.resolution) == ("dit-b-2", 256)

@@ -250,9 +250,6 @@ def validate(cfg: DictConfig) -> None:
     _require(not bad_formats and len(e.formats) > 0, "export.formats", list(e.formats),
              "choose one or both of: folder, shards")
     _check_registry_names(cfg)
-    if OmegaConf.is_missing(cfg.model, "autoencoder"):
-        raise ConfigError("config key 'model.autoencoder' must be set for this latent model: set "
-                          "model.autoencoder to a local diffusers AutoencoderKL folder (save_pretrained's)")
     if cfg.model.autoencoder is not None:
         _check_latents(cfg)
     if t.trainer_args:  # imports Lightning, which a config without them need not
