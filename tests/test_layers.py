@@ -28,7 +28,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("data", "diffusion", "nets"),  # images and labels; noise processes, samplers, losses; networks
     ("config",),  # typed schema, loading and validation against the registries
     ("checkpoint", "augset"),  # file formats: what a run writes; the augmentation-set format (no networks)
-    ("build", "inference"),  # config -> components; a checkpoint -> a denoiser for inference
+    ("build", "inference", "convert"),  # config -> components; a checkpoint -> a denoiser for inference;
+    # public checkpoints -> diffaug's model.safetensors
     ("sampling",),  # generating images; export runs that write augmentation sets
     ("training", "evaluation", "cluster"),  # the LightningModule and fit; metrics; SLURM scripts
     ("cli", "__main__"),  # the command line
