@@ -1,4 +1,4 @@
-"""The ``diffaug`` command: ``diffaug train|sample|export|config ...``.
+"""The ``diffaug`` command: ``diffaug train|sample|export|config|convert ...``.
 
 Positional arguments that contain ``=`` are config overrides (``training.max_steps=500``); the others are
 YAML config files (for ``train`` and ``config``) or a checkpoint (for ``sample`` and ``export``).
@@ -71,6 +71,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# The source layouts of diffaug.convert.CONVERTERS, named here so that --help needs no torch (a test checks
+# the two agree).
+CONVERT_LAYOUTS = ("dit", "diffusers-dit")
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from diffaug.convert import CONVERTERS, ConvertOptions
+
+    options = ConvertOptions(resolution=args.resolution, num_heads=args.num_heads,
+                             class_names=args.class_names, keep_sigma=args.keep_sigma)
+    summary = CONVERTERS.get(args.layout)(args.src, args.out, options=options)
+    print(summary.describe())
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -98,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=None, help="this worker's part (default: from DDP or SLURM)")
     p.add_argument("--world-size", type=int, default=None, help="number of parts (default: from DDP or SLURM)")
     p.set_defaults(func=_cmd_export)
+
+    p = commands.add_parser("convert", help="convert a public DiT checkpoint into model.safetensors: "
+                            "diffaug convert {dit,diffusers-dit} SRC --out model.safetensors")
+    p.add_argument("layout", choices=CONVERT_LAYOUTS, help="dit: a facebookresearch/DiT .pt file; "
+                   "diffusers-dit: a DiTTransformer2DModel folder")
+    p.add_argument("src", metavar="SRC", help="the .pt file or the diffusers folder")
+    p.add_argument("--out", required=True, help="the model.safetensors to write")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="network input size (latent pixels for DiT-XL/2: 32 for 256x256 images); default: "
+                        "the checkpoint's")
+    p.add_argument("--num-heads", type=int, default=None,
+                   help="attention heads, for a DiT checkpoint of none of the paper's sizes")
+    p.add_argument("--class-names", default=None, metavar="FILE",
+                   help="one class name a line, in label order (default: ImageNet's for 1000 classes)")
+    p.add_argument("--keep-sigma", action="store_true",
+                   help="keep the learned-variance outputs (2x channels) instead of slicing them off")
+    p.set_defaults(func=_cmd_convert)
 
     from diffaug.cluster.cli import add_slurm_commands
 

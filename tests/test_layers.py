@@ -29,7 +29,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("config",),  # typed schema, loading and validation against the registries
     ("checkpoint", "augset", "latents"),  # file formats: what a run writes; the augmentation-set format (no
     # networks); the latent cache of a data set encoded by a frozen autoencoder
-    ("build", "inference"),  # config -> components; a checkpoint -> a denoiser for inference
+    ("build", "inference", "convert"),  # config -> components; a checkpoint -> a denoiser for inference;
+    # public checkpoints -> diffaug's model.safetensors
     ("sampling",),  # generating images; export runs that write augmentation sets
     ("training", "evaluation", "cluster"),  # the LightningModule and fit; metrics; SLURM scripts
     ("cli", "__main__"),  # the command line

@@ -226,6 +226,13 @@ def validate(cfg: DictConfig) -> None:
              t.accumulate_grad_batches, "must be at least 1")
     _require(t.ema_halflife_kimg >= 0, "training.ema_halflife_kimg", t.ema_halflife_kimg, "must be 0 or more")
     _require(t.lora_rank >= 0, "training.lora_rank", t.lora_rank, "must be 0 (off) or more")
+    class_init = OmegaConf.to_container(t.class_init)
+    _require(t.init_from is not None or (not class_init and t.new_class_rows == "fresh"), "training.class_init",
+             class_init or t.new_class_rows, "starts new classes from rows of a pretrained model: set training.init_from")
+    if d.class_names is not None:
+        unknown = sorted(set(class_init) - set(d.class_names))
+        _require(not unknown, "training.class_init", unknown, f"keys are classes of the data; valid names: "
+                 f"{', '.join(d.class_names)}.{did_you_mean(str(unknown[0]), list(d.class_names)) if unknown else ''}")
     _require(s.steps >= 1, "sampling.steps", s.steps, "must be at least 1")
     _require(s.batch_size >= 1, "sampling.batch_size", s.batch_size, "must be at least 1")
     _require(s.microbatch >= 1, "sampling.microbatch", s.microbatch, "must be at least 1")

@@ -116,6 +116,14 @@ class TrainingConfig:
     resume: Optional[str] = None  # "auto" (newest checkpoint in the run directory) or a checkpoint path
     on_nonfinite: Literal["stop", "skip"] = "stop"
     init_from: Optional[str] = None  # fine-tune: start from this checkpoint's weights
+    # Fine-tuning onto other classes (rows of classes both models have are kept by name, and the null row):
+    # how the class-embedding rows of classes the init_from model lacks start. "fresh": the new network's
+    # initialisation; "null_row": a copy of the learned null-class row, so a new class starts as the model's
+    # unconditional prediction.
+    new_class_rows: Literal["fresh", "null_row"] = "fresh"
+    # A new class -> the init_from model's class whose learned row it starts from, e.g.
+    # {my_dog: golden retriever}; checked against both class lists when the weights load.
+    class_init: dict[str, str] = field(default_factory=dict)
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze when fine-tuning
     lora_rank: int = 0
     # lightning.Trainer options diffaug has no key for (profiler, detect_anomaly, barebones, ...), passed as

@@ -32,6 +32,8 @@ def module_arguments(
         class_names=list(class_names),
         freeze=list(t.freeze),
         lora_rank=t.lora_rank,
+        class_init=dict(t.class_init),
+        new_class_rows=t.new_class_rows,
     )
     return dict(
         denoiser=denoiser,

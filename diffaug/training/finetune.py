@@ -2,34 +2,56 @@
 
 Weights load strictly except the class embedding table when the class sets differ. Its rows are matched
 by class NAME: a class present in both keeps its learned row, a new class keeps the fresh initialisation of
-the new network, and the learned null-class row (the last one, used by classifier-free guidance) is kept.
-A folder instead of a checkpoint is a diffusers UNet (``model.args.pretrained``), whose nameless class rows
-``diffaug.nets.diffusers_unet.folder_state`` sizes for the data's classes.
+the new network (or starts from the learned null row, ``training.new_class_rows=null_row``, or from a named class
+of the source, ``training.class_init``), and the learned null-class row (the last one, used by
+classifier-free guidance) is kept. A folder instead of a checkpoint is a diffusers UNet
+(``model.args.pretrained``), whose nameless class rows ``diffaug.nets.diffusers_unet.folder_state`` sizes for
+the data's classes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from diffaug.checkpoint import load_state_strictly, read_weights
+from diffaug.config import ConfigError
 from diffaug.diffusion.denoiser import Denoiser
 from diffaug.nets.diffusers_unet import folder_state
 from diffaug.nets.lora import LORA_TARGETS, add_lora
+from diffaug.registry import did_you_mean
 
 logger = logging.getLogger(__name__)
 
 CLASS_TABLE_SUFFIX = "classes.table.weight"  # (num_classes + 1, D): one row per class, then the null class
 
 
+def check_class_init(class_init: Mapping[str, str], old_names: Sequence[str], new_names: Sequence[str],
+                     source: str) -> None:
+    """``training.class_init`` maps classes of the data to classes of the ``source`` model; say which are not."""
+    for new, old in class_init.items():
+        if new not in new_names:
+            raise ConfigError(f"training.class_init names {new!r}, which is no class of the data; valid names: "
+                              f"{', '.join(new_names)}.{did_you_mean(new, list(new_names))}")
+        if old not in old_names:
+            shown = ", ".join(old_names) if len(old_names) <= 20 else \
+                f"{', '.join(old_names[:20])}, ... ({len(old_names)} in all)"
+            raise ConfigError(f"training.class_init maps {new!r} to {old!r}, which is no class of {source}; "
+                              f"valid names: {shown}.{did_you_mean(old, list(old_names))}")
+
+
 def remap_class_table(
-    old_table: Tensor, new_table: Tensor, old_names: Sequence[str], new_names: Sequence[str]
+    old_table: Tensor, new_table: Tensor, old_names: Sequence[str], new_names: Sequence[str], *,
+    class_init: Mapping[str, str] | None = None, new_rows: str = "fresh",
 ) -> tuple[Tensor, dict[str, list[str]]]:
-    """The new table with the rows of classes kept by name and the null row kept; plus a report."""
+    """The new table with the rows of classes kept by name and the null row kept; plus a report.
+
+    A class of ``class_init`` starts from the row of the source class it names (whether or not the source has
+    a class of its own name); other new classes keep ``new_table``'s row ("fresh") or copy the null row."""
     if old_table.shape[0] != len(old_names) + 1 or new_table.shape[0] != len(new_names) + 1:
         raise ValueError(
             f"class tables must have one row per class plus the null class: got {old_table.shape[0]} rows "
@@ -39,15 +61,25 @@ def remap_class_table(
         raise ValueError(
             f"class embedding widths differ: {tuple(old_table.shape)} vs {tuple(new_table.shape)}"
         )
+    if new_rows not in ("fresh", "null_row"):
+        raise ValueError(f"new_rows must be 'fresh' or 'null_row', got {new_rows!r}")
+    class_init = dict(class_init or {})
     table = new_table.detach().clone()
     old_index = {name: i for i, name in enumerate(old_names)}
-    kept = [name for name in new_names if name in old_index]
+    kept = [name for name in new_names if name in old_index and name not in class_init]
     for name in kept:
         table[new_names.index(name)] = old_table[old_index[name]].to(table.dtype)
+    for name, source in class_init.items():
+        table[new_names.index(name)] = old_table[old_index[source]].to(table.dtype)
+    initialised = [name for name in new_names if name not in old_index and name not in class_init]
+    if new_rows == "null_row":
+        for name in initialised:
+            table[new_names.index(name)] = old_table[-1].to(table.dtype)
     table[-1] = old_table[-1].to(table.dtype)  # the null class
     report = {
         "kept": kept,
-        "initialised": [name for name in new_names if name not in old_index],
+        "initialised": initialised,
+        "from_class": [f"{name} <- {source}" for name, source in class_init.items()],
         "dropped": [name for name in old_names if name not in set(new_names)],
     }
     return table, report
@@ -65,43 +97,55 @@ def _load_folder(denoiser: Denoiser, path: str, class_names: Sequence[str]) -> d
     return report
 
 
-def load_pretrained(denoiser: Denoiser, path: str, class_names: Sequence[str]) -> dict[str, list[str]]:
+def load_pretrained(denoiser: Denoiser, path: str, class_names: Sequence[str], *,
+                    class_init: Mapping[str, str] | None = None, new_class_rows: str = "fresh"
+                    ) -> dict[str, list[str]]:
     """Load ``path``'s EMA weights (or a diffusers folder's) into ``denoiser`` (built for ``class_names``);
     returns the class report."""
     if Path(path).is_dir():
+        if class_init:
+            raise ConfigError(f"training.class_init copies named class rows, but {path} is a diffusers folder "
+                              "whose class rows have no names; remove training.class_init")
         report = _load_folder(denoiser, path, class_names)
-        _log_report(path, report, class_names, "rows taken by index; the null-class row is new")
+        report.setdefault("from_class", [])
+        _log_report(path, report, class_names, "fresh", "rows taken by index; the null-class row is new")
         return report
     state, _, old_map = read_weights(path, use_ema=True)
     own = denoiser.state_dict()
-    report = {"kept": list(class_names), "initialised": [], "dropped": []}
+    report = {"kept": list(class_names), "initialised": [], "from_class": [], "dropped": []}
     table_keys = sorted({k for k in (*state, *own) if _is_class_table(denoiser, k)})
     if len(table_keys) > 1:
         raise ValueError(f"expected at most one class embedding table, found {table_keys}")
+    if class_init and not (table_keys and table_keys[0] in state and table_keys[0] in own):
+        raise ConfigError(f"training.class_init copies class rows of {path}, but it or the new model is "
+                          "unconditional (no class table); remove training.class_init")
     for key in table_keys:
         if key in state and key in own:
-            state[key], report = remap_class_table(state[key], own[key], old_map.names, list(class_names))
+            check_class_init(class_init or {}, old_map.names, list(class_names), path)
+            state[key], report = remap_class_table(state[key], own[key], old_map.names, list(class_names),
+                                                   class_init=class_init, new_rows=new_class_rows)
         elif key in own:  # unconditional source -> conditional model: all rows new
             # Zero rows: the class embedding is added to the noise-level embedding, so the new model starts
             # as exactly the pretrained unconditional one for every class (and the null class), and
             # fine-tuning only has to learn how classes differ (the unlabelled-pool -> k-shot path).
             state[key] = torch.zeros_like(own[key])
-            report = {"kept": [], "initialised": list(class_names), "dropped": []}
+            report = {"kept": [], "initialised": list(class_names), "from_class": [], "dropped": []}
         else:  # conditional source -> unconditional model
             del state[key]
-            report = {"kept": [], "initialised": [], "dropped": list(old_map.names)}
+            report = {"kept": [], "initialised": [], "from_class": [], "dropped": list(old_map.names)}
     load_state_strictly(denoiser, state, source=path)
-    _log_report(path, report, class_names)
+    _log_report(path, report, class_names, new_class_rows)
     return report
 
 
-def _log_report(path: str, report: dict[str, list[str]], class_names: Sequence[str],
+def _log_report(path: str, report: dict[str, list[str]], class_names: Sequence[str], new_class_rows: str,
                 null_row: str = "the null-class row is kept") -> None:
-    if report["initialised"] or report["dropped"]:
+    if report["initialised"] or report["dropped"] or report.get("from_class"):
         logger.warning(
-            "fine-tuning from %s: class embedding rows kept for %s; newly initialised for %s; dropped %s (%s)",
-            path, report["kept"] or "none", report["initialised"] or "none", report["dropped"] or "none",
-            null_row,
+            "fine-tuning from %s: class embedding rows kept for %s; newly initialised (%s) for %s; copied "
+            "%s; dropped %s (%s)",
+            path, report["kept"] or "none", new_class_rows, report["initialised"] or "none",
+            report.get("from_class") or "none", report["dropped"] or "none", null_row,
         )
     else:
         logger.info("fine-tuning from %s: all %d classes matched by name", path, len(class_names))
@@ -130,10 +174,12 @@ def prepare_for_finetuning(
     class_names: Sequence[str],
     freeze: Sequence[str] = (),
     lora_rank: int = 0,
+    class_init: Mapping[str, str] | None = None,
+    new_class_rows: str = "fresh",
 ) -> None:
     """In place: init_from, then LoRA (only adapters and the class table train), then freeze prefixes."""
     if init_from:
-        load_pretrained(denoiser, init_from, class_names)
+        load_pretrained(denoiser, init_from, class_names, class_init=class_init, new_class_rows=new_class_rows)
     if lora_rank > 0:
         denoiser.requires_grad_(False)
         adapted = add_lora(denoiser.net, rank=lora_rank,
