@@ -176,7 +176,7 @@ def test_class_table_rows_are_remapped_by_name():
     assert torch.equal(table[0], old[2]) and torch.equal(table[2], old[0])  # c and a kept
     assert torch.equal(table[1], new[1])  # d keeps its fresh initialisation
     assert torch.equal(table[3], old[3])  # null class kept
-    assert report == {"kept": ["c", "a"], "initialised": ["d"], "dropped": ["b"]}
+    assert report == {"kept": ["c", "a"], "initialised": ["d"], "from_class": [], "dropped": ["b"]}
     with pytest.raises(ValueError, match="one row per class plus the null class"):
         remap_class_table(old, new, ["a", "b"], ["c", "d", "a"])
 
