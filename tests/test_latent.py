@@ -142,6 +142,33 @@ def test_bits_per_dim_refuses_a_latent_model(trained, capsys):
     assert status == 2 and "is a latent model" in err and "bits/dim of pixels is not defined" in err
 
 
+def test_quality_report_has_the_autoencoders_reconstruction_ceiling(trained, tmp_path):
+    from diffaug.data import ClassMap, to_model_range, to_uint8
+    from diffaug.evaluation.cli import _reconstructed
+    from diffaug.evaluation.data import LabelledImages
+    from diffaug.evaluation.features import random_features
+    from diffaug.evaluation.quality import quality_markdown, sample_quality
+    from diffaug.nets.autoencoder import load_frozen
+
+    result, vae = trained
+    cfg = load_config([result.run_dir / "config.yaml"], [])
+    gen = torch.Generator().manual_seed(0)
+    real = LabelledImages(torch.randint(0, 256, (12, 1, 16, 16), generator=gen, dtype=torch.uint8),
+                          torch.arange(12) % 3, ClassMap(("a", "b", "c")))
+    recon = _reconstructed(cfg, real.images, torch.device("cpu"))
+    ae = load_frozen(vae, channels="repeat")
+    expected = to_uint8(ae.decode(ae.sample_latents(*ae.moments(to_model_range(real.images)), None)))
+    assert recon.dtype == torch.uint8 and torch.equal(recon, expected)  # decode(posterior mean), per image
+    assert not torch.equal(recon, real.images)
+    extractor = random_features(in_channels=1, seed=0, device=torch.device("cpu"))
+    report = sample_quality(real, real, extractor=extractor, cache_dir=tmp_path, per_class=False,
+                            kid_subsets=5, kid_subset_size=6, reconstructed=recon)
+    assert report["overall"]["fid"] < 1e-6 < report["reconstruction"]["fid"]  # the ceiling is a real row
+    assert "decode(encode(real))" in quality_markdown(report)
+    pixel_cfg = load_config([], ["data.source=sklearn_digits"])
+    assert _reconstructed(pixel_cfg, real.images, torch.device("cpu")) is None  # pixel models: no row
+
+
 # ---------------------------------------------------------------- the latent cache
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from torch import Tensor
 
 from diffaug import tracking
 from diffaug.config import ConfigError, load_config
@@ -122,6 +123,22 @@ def _log_quality_to_wandb(cfg: DictConfig, report: dict, directory: Path | None 
                 | {f"quality/{name}/fid": m["fid"] for name, m in report["per_class"].items()})
 
 
+def _reconstructed(cfg: DictConfig, images: Tensor, device: torch.device) -> Tensor | None:
+    """A latent model's reference images through its autoencoder (posterior mean, decoded), uint8; None for
+    pixel models."""
+    if cfg.model.get("autoencoder") is None:
+        return None
+    from diffaug.data import to_model_range, to_uint8
+    from diffaug.nets.autoencoder import load_frozen
+
+    autoencoder = load_frozen(cfg.model.autoencoder, channels=cfg.model.autoencoder_channels).to(device)
+    out = []
+    for chunk in images.split(int(cfg.sampling.microbatch)):  # (n, C, H, W) uint8
+        z = autoencoder.sample_latents(*autoencoder.moments(to_model_range(chunk.to(device))), None)  # the mean
+        out.append(to_uint8(autoencoder.decode(z)).cpu())
+    return torch.cat(out)
+
+
 def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
     from diffaug.evaluation.features import FEATURE_EXTRACTORS
     from diffaug.evaluation.quality import sample_quality, write_quality_report
@@ -139,7 +156,7 @@ def _fid(cfg: DictConfig, args: argparse.Namespace) -> int:
     report = sample_quality(
         reference, synthetic, extractor=extractor, cache_dir=q.cache_dir, per_class=bool(q.per_class),
         kid_subsets=int(q.kid_subsets), kid_subset_size=int(q.kid_subset_size), nearest_k=int(q.nearest_k),
-        is_splits=int(q.is_splits), seed=int(q.seed),
+        is_splits=int(q.is_splits), seed=int(q.seed), reconstructed=_reconstructed(cfg, reference.images, device),
     )
     paths = write_quality_report(report, _out_dir(cfg, args.out, "quality"))
     if tracking.enabled(cfg):

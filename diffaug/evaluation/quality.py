@@ -109,9 +109,13 @@ def sample_quality(
     nearest_k: int = 3,
     is_splits: int = 10,
     seed: int = 0,
+    reconstructed: Tensor | None = None,
 ) -> dict[str, Any]:
     """``{"features": id, "overall": {...}, "per_class": {name: {...}}}``: FID, KID, precision, recall,
-    density, coverage for each, and IS and label agreement when the extractor has class logits."""
+    density, coverage for each, and IS and label agreement when the extractor has class logits.
+
+    ``reconstructed``: the real images passed through a latent model's autoencoder (uint8, like ``real``);
+    their row under "reconstruction" is the best a model decoding that autoencoder's latents can score."""
     synthetic = synthetic.aligned_to(real.class_map)
     real_features = reference_features(extractor, real, cache_dir=cache_dir)  # (N_real, D)
     fake_features = extractor(synthetic.images)  # (N_fake, D)
@@ -126,6 +130,10 @@ def sample_quality(
         | _manifold_or_none(real_features, fake_features, nearest_k),
         "per_class": {},
     }
+    if reconstructed is not None:
+        recon_features = extractor(reconstructed)  # (N_real, D)
+        report["reconstruction"] = (fid_kid(real_features, recon_features, **settings)
+                                    | _manifold_or_none(real_features, recon_features, nearest_k))
     predicted = None
     if extractor.has_logits:
         logits = extractor.logits(synthetic.images)  # (N_fake, K)
@@ -181,6 +189,8 @@ def quality_markdown(report: dict[str, Any]) -> str:
         "| set | FID | KID × 1000 | precision | recall | density | coverage | label agreement | real | synthetic |",
         "|---|---|---|---|---|---|---|---|---|---|",
         row("all classes", o),
+        *([row("decode(encode(real)): the autoencoder's ceiling", report["reconstruction"])]
+          if "reconstruction" in report else []),
         *[row(name, m) for name, m in report["per_class"].items()],
         "",
         is_line,
