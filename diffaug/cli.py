@@ -73,14 +73,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 # The source layouts of diffaug.convert.CONVERTERS, named here so that --help needs no torch (a test checks
 # the two agree).
-CONVERT_LAYOUTS = ("dit", "diffusers-dit")
+CONVERT_LAYOUTS = ("dit", "diffusers-dit", "improved-diffusion")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from diffaug.convert import CONVERTERS, ConvertOptions
 
     options = ConvertOptions(resolution=args.resolution, num_heads=args.num_heads,
-                             class_names=args.class_names, keep_sigma=args.keep_sigma)
+                             class_names=args.class_names, keep_sigma=args.keep_sigma,
+                             head_channels=args.head_channels, attention_order=args.attention_order,
+                             diffusion_steps=args.diffusion_steps, noise_schedule=args.noise_schedule,
+                             rescale_timesteps=args.rescale_timesteps)
     summary = CONVERTERS.get(args.layout)(args.src, args.out, options=options)
     print(summary.describe())
     return 0
@@ -114,17 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, default=None, help="number of parts (default: from DDP or SLURM)")
     p.set_defaults(func=_cmd_export)
 
-    p = commands.add_parser("convert", help="convert a public DiT checkpoint into model.safetensors: "
-                            "diffaug convert {dit,diffusers-dit} SRC --out model.safetensors")
+    p = commands.add_parser("convert", help="convert a public pretrained checkpoint into model.safetensors: "
+                            "diffaug convert {dit,diffusers-dit,improved-diffusion} SRC --out model.safetensors")
     p.add_argument("layout", choices=CONVERT_LAYOUTS, help="dit: a facebookresearch/DiT .pt file; "
-                   "diffusers-dit: a DiTTransformer2DModel folder")
+                   "diffusers-dit: a DiTTransformer2DModel folder; improved-diffusion: an openai "
+                   "improved-diffusion or guided-diffusion UNet .pt file")
     p.add_argument("src", metavar="SRC", help="the .pt file or the diffusers folder")
     p.add_argument("--out", required=True, help="the model.safetensors to write")
     p.add_argument("--resolution", type=int, default=None,
                    help="network input size (latent pixels for DiT-XL/2: 32 for 256x256 images); default: "
                         "the checkpoint's")
     p.add_argument("--num-heads", type=int, default=None,
-                   help="attention heads, for a DiT checkpoint of none of the paper's sizes")
+                   help="attention heads, for a DiT checkpoint of none of the paper's sizes, or an "
+                        "improved-diffusion UNet (default 4, the projects' default)")
+    p.add_argument("--head-channels", type=int, default=None,
+                   help="improved-diffusion: channels per head (guided-diffusion's --num_head_channels)")
+    p.add_argument("--attention-order", choices=("legacy", "new"), default="legacy",
+                   help="improved-diffusion: qkv layout; new = guided-diffusion's --use_new_attention_order True")
+    p.add_argument("--diffusion-steps", type=int, default=1000,
+                   help="improved-diffusion: the model's --diffusion_steps (not recorded in the file)")
+    p.add_argument("--noise-schedule", choices=("linear", "cosine"), default="linear",
+                   help="improved-diffusion: the model's --noise_schedule")
+    p.add_argument("--no-rescale-timesteps", dest="rescale_timesteps", action="store_false",
+                   help="improved-diffusion: the model was trained with --rescale_timesteps False (it sees the "
+                        "raw step index; guided-diffusion's default, the same at 1000 steps)")
     p.add_argument("--class-names", default=None, metavar="FILE",
                    help="one class name a line, in label order (default: ImageNet's for 1000 classes)")
     p.add_argument("--keep-sigma", action="store_true",

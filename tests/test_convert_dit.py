@@ -21,6 +21,7 @@ from diffaug.convert.dit import infer_shape, rename
 from diffaug.convert.common import drop_sigma
 from diffaug.inference import load_for_inference
 from diffaug.nets import build_net
+from tests.convert_helpers import Payload
 from tests.training_helpers import one_torch_thread  # noqa: F401
 
 TINY = dict(depth=2, hidden=32, heads=2, patch=2, channels=3, classes=5, resolution=8)
@@ -264,16 +265,6 @@ def test_truncated_files_are_refused(tmp_path, capsys):
     err = _cli_error(capsys, "diffusers-dit", tmp_path / "dit", "--out", tmp_path / "m.safetensors")
     assert "diffusion_pytorch_model.safetensors is not a readable safetensors file" in err
     assert not (tmp_path / "m.safetensors").exists()
-
-
-class Payload:
-    """Unpickling this calls Path.touch on the marker: code running from a checkpoint file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (type(self.marker).touch, (self.marker,))
 
 
 def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path, capsys):

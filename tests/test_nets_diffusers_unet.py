@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 from diffaug.build import build_process
-from diffaug.config import ConfigError
+from diffaug.config import ConfigError, load_config
 from diffaug.inference import load_for_inference
 from diffaug.nets import DenoiserNet
 from diffaug.nets.lora import merge_lora_state_dict
@@ -165,6 +165,23 @@ def test_fine_tune_sample_and_export_without_the_folder(tmp_path, lora_rank):
     assert all(torch.isfinite(v).all() for v in denoiser.state_dict().values())
     export_augmentation_set(result.weights, ["export.per_class=2", f"export.out_dir={tmp_path / 'set'}"])
     assert len(list((tmp_path / "set" / "images").rglob("*.png"))) == 20
+
+
+def test_a_value_the_config_sets_must_agree_with_the_scheduler_even_the_schemas_default(tmp_path):
+    # The schema's defaults are eps and clip_x0=true; this folder's scheduler says v and no clipping.
+    path, _ = make_folder(tmp_path / "f", scheduler={"num_train_timesteps": 1000, "prediction_type": "v_prediction",
+                                                     "clip_sample": False})
+    cfg = config_for(tmp_path, path)  # not set: the scheduler's values
+    assert cfg.objective.prediction == "v" and cfg.sampling.clip_x0 is False
+    assert config_for(tmp_path, path, "objective.prediction=v").objective.prediction == "v"  # set and agreeing
+    for override, key, wanted in [("objective.prediction=eps", "objective.prediction", "'v'"),
+                                  ("sampling.clip_x0=true", "sampling.clip_x0", "False")]:
+        message = _error(tmp_path, path, override)
+        assert f"config key '{key}' is" in message and f"scheduler_config.json says {wanted}" in message
+    (tmp_path / "exp.yaml").write_text("objective:\n  prediction: eps\n")  # a file sets it just the same
+    with pytest.raises(ConfigError, match="objective.prediction"):
+        load_config([tmp_path / "exp.yaml"], ["model.net=diffusers-unet2d", f"model.args={{pretrained: {path}}}",
+                                              "data.resolution=8"])
 
 
 def _error(tmp_path, folder, *overrides) -> str:

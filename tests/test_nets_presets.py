@@ -25,7 +25,7 @@ def paper_dit(name: str) -> torch.nn.Module:
 
 
 def test_registry_holds_every_preset():
-    expected = {"unet-tiny", "unet-small", "unet-ddpm-cifar10", "unet-adm-cifar10", "dit-tiny", *DIT_PRESETS,
+    expected = {"unet", "unet-tiny", "unet-small", "unet-ddpm-cifar10", "unet-adm-cifar10", "dit-tiny", *DIT_PRESETS,
                 *WRAPPED}
     assert set(NETS.names()) == expected
 

@@ -165,11 +165,16 @@ def parse_overrides(overrides: Iterable[str]) -> DictConfig:
 def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> DictConfig:
     """Schema defaults, then each YAML file in order, then ``key=value`` overrides; validated."""
     cfg: DictConfig = OmegaConf.structured(Config)
+    given = OmegaConf.create()  # what the files and the command line set, without the schema's defaults
     for name in files:
-        cfg = _merge(cfg, read_yaml(name), str(name))
-    cfg = _merge(cfg, parse_overrides(overrides), "the command line")
+        data = read_yaml(name)
+        cfg = _merge(cfg, data, str(name))
+        given = OmegaConf.merge(given, data)
+    command_line = parse_overrides(overrides)
+    cfg = _merge(cfg, command_line, "the command line")
+    given = OmegaConf.merge(given, command_line)
     _check_interpolations(cfg)
-    cfg = resolve_pretrained(cfg)  # a pretrained folder's architecture and objective, as config keys
+    cfg = resolve_pretrained(cfg, given)  # a pretrained folder's architecture and objective, as config keys
     validate(cfg)
     return cfg
 

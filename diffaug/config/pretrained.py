@@ -5,8 +5,9 @@ objective (ddpm process, its schedule, the prediction, x0 clipping), and the fol
 ``training.init_from`` (the weights fine-tuning starts from). What a run saves is therefore a config that
 rebuilds the network without the folder: sampling and export of its checkpoints never read it.
 
-Scheduler values apply where the config keeps the schema's default; a value set to something else must
-agree with the scheduler, since the network was trained with that noise and parameterisation.
+Scheduler values apply where the config does not set the key; a value the config sets (in a file or on the
+command line, even one equal to the schema's default) must agree with the scheduler, since the network was
+trained with that noise and parameterisation.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from diffaug.config.schema import ObjectiveConfig, SamplingConfig
 
 PRETRAINED_KEY = "pretrained"
 # model.args that may differ from the folder's config.json and leave its weights usable as they are; any
@@ -29,15 +29,22 @@ def _fail(message: str) -> Exception:
     return ConfigError(message)
 
 
-def _agree(key: str, current: Any, default: Any, wanted: Any, source: str) -> Any:
-    if current != default and current != wanted:
+def _agree(key: str, current: Any, given: DictConfig | None, wanted: Any, source: str) -> Any:
+    """The scheduler's value; one the config set itself must be the same."""
+    is_set = given is None or OmegaConf.select(given, key, default=_UNSET) is not _UNSET
+    if is_set and current != wanted:
         raise _fail(f"config key {key!r} is {current!r}, but {source} says {wanted!r} (the network was trained "
                     f"with it); remove {key} from the config or set it to {wanted!r}")
     return wanted
 
 
-def resolve_pretrained(cfg: DictConfig) -> DictConfig:
-    """cfg with ``model.args.pretrained`` replaced by the folder's architecture, objective and init_from."""
+_UNSET = object()
+
+
+def resolve_pretrained(cfg: DictConfig, given: DictConfig | None = None) -> DictConfig:
+    """cfg with ``model.args.pretrained`` replaced by the folder's architecture, objective and init_from.
+
+    ``given`` holds the keys the user's files and overrides set; without it every value counts as set."""
     args = OmegaConf.to_container(cfg.model.args, resolve=True)
     if PRETRAINED_KEY not in args:
         return cfg
@@ -70,16 +77,16 @@ def resolve_pretrained(cfg: DictConfig) -> DictConfig:
         steps = int(OmegaConf.to_container(o.process_args).get("num_timesteps", 1000))
     else:
         source = str(scheduler)
-        given = OmegaConf.to_container(o.process_args, resolve=True)
+        given_args = OmegaConf.to_container(o.process_args, resolve=True)
         wanted = settings["process_args"]
-        clash = {k: v for k, v in given.items() if k not in wanted or wanted[k] != v}
+        clash = {k: v for k, v in given_args.items() if k not in wanted or wanted[k] != v}
         if clash:
             raise _fail(f"objective.process_args {clash} disagree with {source}, which sets {wanted}; remove "
                         "objective.process_args")
         objective = {"process_args": wanted,
-                     "prediction": _agree("objective.prediction", o.prediction, ObjectiveConfig.prediction,
+                     "prediction": _agree("objective.prediction", o.prediction, given,
                                           settings["prediction"], source)}
-        sampling = {"clip_x0": _agree("sampling.clip_x0", cfg.sampling.clip_x0, SamplingConfig.clip_x0,
+        sampling = {"clip_x0": _agree("sampling.clip_x0", cfg.sampling.clip_x0, given,
                                       settings["clip_x0"], source)}
         steps = wanted["num_timesteps"]
     model_args = {**unet_config, **args, "num_train_timesteps": steps}

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import re
+import shlex
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -62,6 +66,12 @@ class ConvertOptions:
     num_heads: int | None = None  # for a DiT .pt of none of the paper's sizes (no shape records it)
     class_names: Sequence[str] | str | os.PathLike | None = None  # names or a text file; None: ImageNet's / class_i
     keep_sigma: bool = False  # keep the learned-variance outputs instead of slicing them off
+    # improved-/guided-diffusion UNets: what their plain state dicts do not record.
+    head_channels: int | None = None  # guided-diffusion's num_head_channels (instead of num_heads)
+    attention_order: str = "legacy"  # "new": guided-diffusion's use_new_attention_order
+    diffusion_steps: int = 1000
+    noise_schedule: str = "linear"
+    rescale_timesteps: bool = True  # improved-diffusion's default; the same as False at 1000 steps
 
 
 @dataclass
@@ -79,16 +89,22 @@ class ConversionSummary:
     sigma_kept: bool
     net: str
     net_args: dict
+    objective: dict = field(default_factory=lambda: {"process": "ddpm", "process_args": {}, "prediction": "eps"})
+    clip_x0: bool = False
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def train_overrides(self) -> list[str]:
-        """The ``key=value`` overrides a fine-tuning config needs so the network matches this file."""
-        args = ", ".join(f"{k}: {v}" for k, v in self.net_args.items())
-        return [f"model.net={self.net}", *([f"model.args={{{args}}}"] if args else []),
-                f"data.channels={self.in_channels}", f"data.resolution={self.resolution}",
-                "objective.process=ddpm", "objective.prediction=eps", "sampling.clip_x0=false",
-                f"training.init_from={self.out}"]
+        """The ``key=value`` overrides a fine-tuning config needs so the network and its diffusion match this
+        file."""
+        items = [f"model.net={self.net}", *([f"model.args={_flow(self.net_args)}"] if self.net_args else []),
+                 f"data.channels={self.in_channels}", f"data.resolution={self.resolution}",
+                 f"objective.process={self.objective['process']}",
+                 *([f"objective.process_args={_flow(self.objective['process_args'])}"]
+                   if self.objective.get("process_args") else []),
+                 f"objective.prediction={self.objective['prediction']}",
+                 f"sampling.clip_x0={str(self.clip_x0).lower()}", f"training.init_from={self.out}"]
+        return items
 
     def describe(self) -> str:
         sigma = ("kept (2x output channels)" if self.sigma_kept else "sliced off (eps only)") \
@@ -102,7 +118,7 @@ class ConversionSummary:
             f"  learn_sigma: {sigma}",
             f"  dropped:     {'; '.join(self.dropped) or 'nothing'}",
             *(f"  note:        {note}" for note in self.notes),
-            f"  fine-tune with: {' '.join(self.train_overrides())}",
+            f"  fine-tune with: {' '.join(shlex.quote(item) for item in self.train_overrides())}",
         ]
         if self.in_channels == 4:  # DiT's released models denoise Stable Diffusion VAE latents (8x smaller)
             lines.append(
@@ -110,6 +126,17 @@ class ConversionSummary:
                 f"sd-vae-ft-ema/mse folder> data.channels=3 data.resolution={8 * self.resolution}"
             )
         return "\n".join(lines)
+
+
+def _flow(mapping: dict) -> str:
+    """A dict as one YAML flow mapping, the form an OmegaConf ``key={...}`` override parses."""
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return str(v)
+    return "{" + ", ".join(f"{k}: {value(v)}" for k, v in mapping.items()) + "}"
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -136,6 +163,31 @@ def class_names_for(num_classes: int, given: Sequence[str] | str | os.PathLike |
     if num_classes == 1000:
         return imagenet_class_names()
     return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def load_torch_checkpoint(src: Path, *, kind: str, allowed: Sequence[type] = (), holds: str = "tensors and "
+                          "plain data") -> object:
+    """torch.load with weights_only (tensors, plain data and the ``allowed`` classes): never code execution.
+
+    ``kind`` names the checkpoint family in the errors ("DiT", "improved-diffusion"), ``holds`` what its
+    files contain."""
+    if not src.is_file():
+        raise FileNotFoundError(f"{kind} checkpoint {src} does not exist")
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allowed)):
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(src, map_location="cpu", weights_only=True, mmap=False)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(\. |\n|$)", str(error))
+        raise ConvertError(
+            f"refusing to load {src}: it holds Python objects other than {holds}, which could run code when "
+            f"unpickled ({found.group(1) if found else 'unsupported global'}); {kind} checkpoints hold none: "
+            "get the file from its original source"
+        ) from None
+    except Exception as error:  # noqa: BLE001 (truncation shows as EOF, zip or pickle-opcode errors)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConvertError(f"{src} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason}; "
+                           "download it again") from None
 
 
 def square_grid(tokens: int, src: Path) -> int:
@@ -224,20 +276,41 @@ def write_converted(
     dropped: list[str],
     notes: list[str],
 ) -> ConversionSummary:
-    """Check ``net_state`` against the denoiser its config builds (strictly, on the meta device) and save."""
+    """A converted DiT: the preset its shape matches, its DDPM config, then ``save_converted``."""
     net, args = preset_for(shape, keep_sigma)
-    config = diffaug_config(shape, net, args, name=src.stem)
+    return save_converted(
+        net_state, diffaug_config(shape, net, args, name=src.stem), src=src, out=out, layout=layout,
+        class_names=class_names, learn_sigma=shape.learn_sigma, sigma_kept=keep_sigma and shape.learn_sigma,
+        dropped=dropped, notes=notes, kind="DiT")
+
+
+def save_converted(
+    net_state: dict[str, Tensor],
+    config: dict,
+    *,
+    src: Path,
+    out: str | os.PathLike,
+    layout: str,
+    class_names: Sequence[str],
+    learn_sigma: bool,
+    sigma_kept: bool,
+    dropped: list[str],
+    notes: list[str],
+    kind: str,
+) -> ConversionSummary:
+    """Check ``net_state`` against the denoiser ``config`` builds (strictly, on the meta device) and save."""
     state = {NET_PREFIX + key: value for key, value in net_state.items()}
     with torch.device("meta"):  # keys and shapes only: no memory for a 675M-parameter network
         denoiser = build_denoiser(config_from_dict(config), conditional_num_classes(class_names))
     try:
         load_state_strictly(denoiser, {k: v.to("meta") for k, v in state.items()}, source=str(src))
     except CheckpointError as error:
-        raise ConvertError(f"{src}: converted weights do not fit diffaug's DiT ({error})") from None
+        raise ConvertError(f"{src}: converted weights do not fit diffaug's {kind} ({error})") from None
     path = save_weights(out, state, config=config, class_names=list(class_names))
     return ConversionSummary(
         source=str(src), out=str(path), layout=layout, parameters=sum(v.numel() for v in state.values()),
-        resolution=shape.resolution, in_channels=shape.in_channels, classes=len(class_names),
-        learn_sigma=shape.learn_sigma, sigma_kept=keep_sigma and shape.learn_sigma, net=net, net_args=args,
-        dropped=dropped, notes=notes,
+        resolution=config["data"]["resolution"], in_channels=config["data"]["channels"], classes=len(class_names),
+        learn_sigma=learn_sigma, sigma_kept=sigma_kept, net=config["model"]["net"],
+        net_args=dict(config["model"]["args"]), objective=dict(config["objective"]),
+        clip_x0=bool(config["sampling"]["clip_x0"]), dropped=dropped, notes=notes,
     )

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import re
-import warnings
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from diffaug.convert.common import (
@@ -38,6 +35,7 @@ from diffaug.convert.common import (
     class_names_for,
     drop_sigma,
     heads_from_sizes,
+    load_torch_checkpoint,
     square_grid,
     write_converted,
 )
@@ -58,24 +56,9 @@ HEADS_BY_MODEL = {"S": 6, "B": 12, "L": 16, "XL": 16}
 
 
 def _load(src: Path) -> object:
-    """torch.load with weights_only: tensors and plain data, plus train.py's argparse Namespace."""
-    if not src.is_file():
-        raise FileNotFoundError(f"DiT checkpoint {src} does not exist")
-    try:
-        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(src, map_location="cpu", weights_only=True, mmap=False)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"WeightsUnpickler error:\s*(.+?)(\. |\n|$)", str(error))
-        raise ConvertError(
-            f"refusing to load {src}: it holds Python objects other than tensors, plain data and train.py's "
-            f"args, which could run code when unpickled ({found.group(1) if found else 'unsupported global'}); "
-            "DiT checkpoints hold none: get the file from its original source"
-        ) from None
-    except Exception as error:  # noqa: BLE001 (truncation shows as EOF, zip or pickle-opcode errors)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConvertError(f"{src} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason}; "
-                           "download it again") from None
+    """Tensors and plain data, plus train.py's argparse Namespace."""
+    return load_torch_checkpoint(src, kind="DiT", allowed=[argparse.Namespace],
+                                 holds="tensors, plain data and train.py's args")
 
 
 def _state_and_args(obj: object, src: Path) -> tuple[dict[str, Tensor], argparse.Namespace | None, list[str]]:

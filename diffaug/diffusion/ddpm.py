@@ -62,7 +62,8 @@ def respaced_betas(alphas_cumprod: Tensor, timesteps: list[int]) -> Tensor:
 @PROCESSES.register("ddpm")
 class DDPMProcess(GaussianProcess):
     """noise_level(t) = 1000 t / N: the step index for the usual N = 1000 (improved-diffusion's
-    rescale_timesteps for other N)."""
+    rescale_timesteps for other N); rescale_timesteps=False hands the network the raw step index t, as
+    guided-diffusion and some improved-diffusion models were trained (the same for N = 1000)."""
 
     name = "ddpm"
     discrete = True
@@ -76,6 +77,7 @@ class DDPMProcess(GaussianProcess):
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         cosine_s: float = 0.008,
+        rescale_timesteps: bool = True,
     ):
         if not isinstance(num_timesteps, int) or num_timesteps < 2:
             raise ValueError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
@@ -91,6 +93,7 @@ class DDPMProcess(GaussianProcess):
         self.beta_start = beta_start
         self.beta_end = beta_end
         self.cosine_s = cosine_s
+        self.rescale_timesteps = bool(rescale_timesteps)
         self.betas = make_beta_schedule(
             schedule, num_timesteps, beta_start=beta_start, beta_end=beta_end, cosine_s=cosine_s
         )  # (N,) float64
@@ -125,7 +128,7 @@ class DDPMProcess(GaussianProcess):
         return 0.5 * slope, (-slope).sqrt()
 
     def noise_level(self, t: Tensor) -> Tensor:
-        return t * (1000.0 / self.num_timesteps)
+        return t * (1000.0 / self.num_timesteps) if self.rescale_timesteps else t
 
     def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance (N,) of q(x_{t-1} | x_t, x0) for integer steps t (N,) (Ho et al. eq. 7)."""

@@ -10,7 +10,7 @@ initialisation and each block starts as the identity.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from einops import rearrange
@@ -30,13 +30,30 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
+Resample = Literal["up", "down"] | None
+
+
+def _resample(x: Tensor, resample: Resample) -> Tensor:
+    if resample == "down":
+        return F.avg_pool2d(x, kernel_size=2, stride=2)
+    if resample == "up":
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+    return x
+
+
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv, embedding injection, GroupNorm-SiLU-dropout-conv(zero), plus a (1x1) skip."""
+    """GroupNorm-SiLU-conv, embedding injection, GroupNorm-SiLU-dropout-conv(zero), plus a (1x1) skip.
+
+    resample "down" / "up" makes it a BigGAN-style resampling block (ADM's resblock_updown): both the residual
+    path (after the first norm and SiLU, before the first conv) and the skip are average-pooled by 2, or
+    nearest-upsampled by 2; no parameters are added.
+    """
 
     def __init__(self, *, in_channels: int, out_channels: int, embed_dim: int, dropout: float,
-                 norm_groups: int, use_scale_shift_norm: bool):
+                 norm_groups: int, use_scale_shift_norm: bool, resample: Resample = None):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
+        self.resample = resample
         self.norm1 = nn.GroupNorm(norm_groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         # scale and shift for the adaptive norm, or one additive bias per channel (DDPM).
@@ -46,8 +63,9 @@ class ResBlock(nn.Module):
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # (N, C_in, H, W), (N, D) -> (N, C_out, H, W)
-        h = self.conv1(F.silu(self.norm1(x)))  # (N, C_out, H, W)
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # (N, C_in, H, W), (N, D) -> (N, C_out, H', W')
+        h = self.conv1(_resample(F.silu(self.norm1(x)), self.resample))  # (N, C_out, H', W')
+        x = _resample(x, self.resample)
         e = self.embed_proj(F.silu(emb))[:, :, None, None]  # (N, 2 C_out or C_out, 1, 1)
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)  # (N, C_out, 1, 1) each
@@ -106,6 +124,8 @@ class UNet(nn.Module):
     attention_resolutions are in pixels (e.g. (16,) puts attention at the 16x16 level); the middle block
     always attends. Heads: head_channels (channels per head) if given, else num_heads. All GroupNorms use
     norm_groups groups, which must divide model_channels (every width is a multiple of it).
+    resblock_updown down- and up-samples with residual blocks (average pool / nearest, as in Dhariwal & Nichol's
+    ADM and BigGAN) instead of a strided conv / nearest + conv.
     channels_last runs the network on NHWC weights and activations, which some convolution kernels prefer
     (measured on one CPU: 4-8% faster in fp32, 7-18% slower in bf16; see benchmarks/); inputs and outputs
     keep the usual layout.
@@ -129,6 +149,7 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         use_scale_shift_norm: bool = True,
         norm_groups: int = 32,
+        resblock_updown: bool = False,
         attn_backend: AttentionBackend = "sdpa",
         grad_checkpointing: bool = False,
         channels_last: bool = False,
@@ -173,9 +194,16 @@ class UNet(nn.Module):
         self.cond = ConditionEmbedding(frequency_dim=model_channels, embed_dim=embed_dim,
                                        num_classes=num_classes)
 
-        def res(c_in: int, c_out: int) -> ResBlock:
+        def res(c_in: int, c_out: int, resample: Resample = None) -> ResBlock:
             return ResBlock(in_channels=c_in, out_channels=c_out, embed_dim=embed_dim, dropout=dropout,
-                            norm_groups=norm_groups, use_scale_shift_norm=use_scale_shift_norm)
+                            norm_groups=norm_groups, use_scale_shift_norm=use_scale_shift_norm,
+                            resample=resample)
+
+        def down(c: int) -> nn.Module:
+            return res(c, c, "down") if resblock_updown else Downsample(c)
+
+        def up(c: int) -> nn.Module:
+            return res(c, c, "up") if resblock_updown else Upsample(c)
 
         def attn(c: int) -> AttentionBlock:
             return AttentionBlock(channels=c, num_heads=heads(c), norm_groups=norm_groups,
@@ -194,7 +222,7 @@ class UNet(nn.Module):
                 self.down_blocks.append(EmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
-                self.down_blocks.append(EmbedSequential(Downsample(ch)))
+                self.down_blocks.append(EmbedSequential(down(ch)))
                 skip_channels.append(ch)
 
         self.middle = EmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
@@ -208,7 +236,7 @@ class UNet(nn.Module):
                 if level_resolutions[level] in attention_resolutions:
                     layers.append(attn(ch))
                 if level != 0 and i == num_res_blocks:
-                    layers.append(Upsample(ch))
+                    layers.append(up(ch))
                 self.up_blocks.append(EmbedSequential(*layers))
 
         self.out = nn.Sequential(
@@ -257,7 +285,9 @@ def _attention_at_lowest(**defaults: Any) -> NetFactory:
     return factory
 
 
+# "unet" is the configurable base (every argument from model.args; converted ADM checkpoints use it);
 # "unet-ddpm-cifar10" is Ho et al.'s CIFAR-10 model (35.7M); "unet-adm-cifar10" the improved-DDPM one.
+NETS.add("unet", preset(UNet))
 NETS.add("unet-tiny", _attention_at_lowest(model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                                            norm_groups=8))
 NETS.add("unet-small", _attention_at_lowest(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=2,
