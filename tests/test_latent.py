@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from safetensors import safe_open
 
 from diffaug.build import build_autoencoder, build_datamodule, build_training_data
+from diffaug.checkpoint import CheckpointError
 from diffaug.config import ConfigError, load_config
 from diffaug.latents import LatentCacheError, build_cache, cache_key
 from diffaug.latents import cache as cache_module
@@ -131,6 +133,23 @@ def test_a_changed_autoencoder_folder_is_refused_at_load(trained, tmp_path):
     finally:
         shutil.rmtree(vae)
         shutil.copytree(original, vae)
+
+
+def test_a_resume_with_another_autoencoder_is_refused_before_it_trains(tmp_path, vae):
+    run_dir = tmp_path / "run"
+    first = train(latent_config(run_dir, vae))
+    other = make_autoencoder(tmp_path / "other", seed=1)
+    for overrides, found in [([f"model.autoencoder={other}"], "this run has autoencoder "),
+                             (["model.autoencoder=null", "model.latent_cache=false", "data.resolution=8",
+                               "model.args={model_channels: 16, channel_mult: [1], norm_groups: 8}"],
+                              "this run has no autoencoder (a pixel model)")]:
+        before = sorted(p.name for p in run_dir.rglob("*.ckpt"))
+        with pytest.raises(CheckpointError, match=r"^cannot resume \(training.resume\) from .*: it was trained "
+                           r"with autoencoder [0-9a-f]{12}, " + re.escape(found) + ".*point model.autoencoder"):
+            train(latent_config(run_dir, vae, "training.resume=auto", "training.max_steps=6", *overrides))
+        assert sorted(p.name for p in run_dir.rglob("*.ckpt")) == before  # nothing trained, nothing lost
+    resumed = train(latent_config(run_dir, vae, "training.resume=auto", "training.max_steps=6"))  # the same one
+    assert resumed.weights == first.weights and resumed.final_step == 6
 
 
 def test_bits_per_dim_refuses_a_latent_model(trained, capsys):

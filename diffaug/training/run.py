@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffaug import tracking
 from diffaug.build import build_autoencoder, build_training_data, conditional_num_classes
-from diffaug.checkpoint import CheckpointError, read_lightning_checkpoint, save_weights
+from diffaug.checkpoint import CHECKPOINT_KEY, CheckpointError, read_lightning_checkpoint, save_weights
 from diffaug.cluster.requeue import JobRequeued, slurm_training_extras
 from diffaug.config import ConfigError, config_hash, save_config, to_dict
 from diffaug.config.trainer_args import TRAINER_DEFAULTS
@@ -79,13 +79,29 @@ def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
-def check_resume_checkpoint(path: Path) -> None:
+def check_resume_checkpoint(path: Path) -> dict:
     """Fail before fit on a checkpoint that is truncated, holds pickled code or is not diffaug's: Lightning's
-    own load would end in a raw traceback. Memory-mapped, so a large checkpoint is not read twice."""
+    own load would end in a raw traceback. Memory-mapped, so a large checkpoint is not read twice. Returns the
+    config the checkpoint was trained with."""
     try:
-        read_lightning_checkpoint(path, mmap=True)
+        return read_lightning_checkpoint(path, mmap=True)[CHECKPOINT_KEY]["config"]
     except CheckpointError as error:
         raise CheckpointError(f"cannot resume (training.resume): {error}") from None
+
+
+def check_resume_autoencoder(path: Path, saved: dict, cfg: DictConfig) -> None:
+    """A latent run continues only on the latents it started on: the same autoencoder (by content hash) or,
+    for a pixel run, none. Its weights would otherwise go on learning another space without a word."""
+    was = (saved.get("model") or {}).get("autoencoder_sha256")
+    now = cfg.model.autoencoder_sha256
+    if was != now:
+        def name(sha: str | None) -> str:
+            return f"autoencoder {sha[:12]}" if sha else "no autoencoder (a pixel model)"
+
+        raise CheckpointError(
+            f"cannot resume (training.resume) from {path}: it was trained with {name(was)}, this run has "
+            f"{name(now)} (model.autoencoder={cfg.model.autoencoder}); point model.autoencoder at the one it was "
+            "trained with, or start a new run (another name or run_dir)")
 
 
 # ---------------------------------------------------------------- loggers and callbacks
@@ -254,10 +270,11 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     t = cfg.training
     run_dir = Path(cfg.run_dir).resolve()
     resume_path = find_resume_checkpoint(t.resume, run_dir)
-    if resume_path is not None:
-        check_resume_checkpoint(resume_path)
+    saved = check_resume_checkpoint(resume_path) if resume_path is not None else None
     pl.seed_everything(t.seed, workers=True, verbose=False)
     autoencoder = build_autoencoder(cfg)  # records its hash in cfg, before config.yaml is written
+    if saved is not None:
+        check_resume_autoencoder(resume_path, saved, cfg)
     inner = build_training_data(cfg, autoencoder)
     inner.setup("fit")  # before the run directory exists: data that cannot train leaves nothing behind
     run_dir.mkdir(parents=True, exist_ok=True)
