@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from diffaug.config import config_from_dict
+from diffaug.config import ConfigError, config_from_dict
 from diffaug.data import ClassMap
 from diffaug.nets.lora import merge_lora_state_dict
 
@@ -124,9 +124,12 @@ def _strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 
 def read_weights(
-    path: str | os.PathLike, *, use_ema: bool = True, map_location: Any = "cpu"
+    path: str | os.PathLike, *, use_ema: bool = True, map_location: Any = "cpu", autoencoder: str | None = None
 ) -> tuple[dict[str, Tensor], DictConfig, ClassMap]:
-    """(denoiser state dict with LoRA merged, config, class map) from a .ckpt or .safetensors file."""
+    """(denoiser state dict with LoRA merged, config, class map) from a .ckpt or .safetensors file.
+
+    ``autoencoder``: a latent model's autoencoder folder where it is now, if it moved since training (set
+    before the config is validated, which reads the folder; the content hash is checked by the caller)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         if not use_ema:
@@ -159,6 +162,17 @@ def read_weights(
             raise CheckpointError(f"{path} has no weights under {prefix!r} in its state_dict")
         meta = checkpoint[CHECKPOINT_KEY]
         config, class_names = meta["config"], meta["class_names"]
+    if autoencoder is not None:
+        if not (config.get("model") or {}).get("autoencoder_sha256"):
+            raise ConfigError(f"model.autoencoder={autoencoder} was given, but {path} is a pixel model: it has no "
+                              "autoencoder; remove the override")
+        config = {**config, "model": {**config["model"], "autoencoder": str(autoencoder)}}
+    model = config.get("model") or {}
+    if model.get("autoencoder_sha256") and not (Path(model["autoencoder"]) / "config.json").is_file():
+        raise ConfigError(
+            f"model.autoencoder={model['autoencoder']} (the folder {path} was trained with) is gone or not an "
+            "autoencoder folder; if it moved, pass model.autoencoder=<its folder now> (checked by content hash, "
+            f"{model['autoencoder_sha256'][:12]})")
     return merge_lora_state_dict(state), config_from_dict(config), ClassMap(tuple(class_names))
 
 

@@ -19,10 +19,13 @@ from diffaug.diffusion.process import GaussianProcess
 
 
 def load_for_inference(
-    path: str | os.PathLike, use_ema: bool = True, map_location: Any = "cpu"
+    path: str | os.PathLike, use_ema: bool = True, map_location: Any = "cpu", *, autoencoder: str | None = None
 ) -> tuple[Denoiser, GaussianProcess, DictConfig, ClassMap]:
-    """(denoiser in eval mode, process, config, class map) from a .ckpt or model.safetensors."""
-    state, cfg, class_map = read_weights(path, use_ema=use_ema, map_location=map_location)
+    """(denoiser in eval mode, process, config, class map) from a .ckpt or model.safetensors.
+
+    ``autoencoder``: where a latent model's autoencoder is now, if it moved since training; it must hold the
+    same files (content hash) as the one recorded."""
+    state, cfg, class_map = read_weights(path, use_ema=use_ema, map_location=map_location, autoencoder=autoencoder)
     verify_autoencoder(cfg)  # a latent model decodes only with the autoencoder it was trained with
     denoiser = build_denoiser(cfg, conditional_num_classes(class_map.names))
     load_state_strictly(denoiser, state, source=str(path))

@@ -22,7 +22,7 @@ from diffaug.sampling.model import load_model
 from diffaug.training.module import DiffusionModule
 from diffaug.training.run import train
 from tests.export_helpers import tree_digest
-from tests.training_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.training_helpers import one_torch_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 
 def make_autoencoder(folder: Path, *, seed: int = 0, in_channels: int = 3) -> Path:
@@ -133,6 +133,30 @@ def test_a_changed_autoencoder_folder_is_refused_at_load(trained, tmp_path):
     finally:
         shutil.rmtree(vae)
         shutil.copytree(original, vae)
+
+
+def test_a_moved_autoencoder_is_named_by_an_override_and_checked_by_hash(trained, tmp_path):
+    result, vae = trained
+    before = tmp_path / "before"
+    export_augmentation_set(result.weights, [f"export.out_dir={before}", "export.per_class=1"], progress=False)
+    moved = shutil.copytree(vae, tmp_path / "moved-vae")
+    other = make_autoencoder(tmp_path / "other", seed=1)
+    vae.rename(vae.with_name("away"))
+    try:
+        with pytest.raises(ConfigError, match=r"is gone .* pass model.autoencoder=<its folder now>"):
+            load_model(result.weights)
+        after = tmp_path / "after"
+        export_augmentation_set(result.weights, [f"export.out_dir={after}", "export.per_class=1",
+                                                 f"model.autoencoder={moved}"], progress=False)
+        images = {k: v for k, v in tree_digest(before).items() if k.startswith("images/")}
+        assert len(images) == 10 and images == {k: v for k, v in tree_digest(after).items() if k.startswith("images/")}
+        with pytest.raises(ConfigError, match=r"has content hash .* was trained with autoencoder"):
+            load_model(result.weights, [f"model.autoencoder={other}"])
+    finally:
+        vae.with_name("away").rename(vae)
+    pixel = train(tiny_config(tmp_path / "pixel", "training.max_steps=2", "training.checkpoint_every_n_steps=2"))
+    with pytest.raises(ConfigError, match="is a pixel model: it has no autoencoder; remove the override"):
+        load_model(pixel.weights, [f"model.autoencoder={moved}"])
 
 
 def test_a_resume_with_another_autoencoder_is_refused_before_it_trains(tmp_path, vae):

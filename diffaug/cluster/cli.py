@@ -83,7 +83,8 @@ def _checkpoint_cluster(checkpoint: str, overrides: Sequence[str]) -> tuple[Dict
 
     cluster_items = [o for o in overrides if o.split("=", 1)[0].strip().startswith("cluster.")]
     export_items = [o for o in overrides if o not in cluster_items]
-    _, saved, _ = read_weights(checkpoint)
+    moved_autoencoder = OmegaConf.select(parse_overrides(export_items), "model.autoencoder", default=None)
+    _, saved, _ = read_weights(checkpoint, autoencoder=moved_autoencoder)
     apply_overrides(saved, export_items)
     try:
         cluster = OmegaConf.merge(OmegaConf.structured(ClusterConfig), saved.cluster,

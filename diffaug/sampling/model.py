@@ -23,7 +23,8 @@ from diffaug.sampling.settings import SampleSettings
 
 # What may change between training and sampling: how to sample and export, and where the data now lives.
 OVERRIDABLE_SECTIONS = ("sampling", "export", "logging")
-OVERRIDABLE_KEYS = ("data.path", "data.val_path", "data.num_workers")
+# model.autoencoder: a latent model's autoencoder folder where it is now (verified by content hash).
+OVERRIDABLE_KEYS = ("data.path", "data.val_path", "data.num_workers", "model.autoencoder")
 
 
 @dataclass
@@ -82,9 +83,11 @@ def load_model(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     _check_override_keys(overrides)
-    use_ema = OmegaConf.select(parse_overrides(overrides), "sampling.use_ema", default=True)
+    given = parse_overrides(overrides)
+    use_ema = OmegaConf.select(given, "sampling.use_ema", default=True)
     denoiser, process, saved_cfg, class_map = load_for_inference(
-        path, use_ema=bool(use_ema), map_location="cpu"
+        path, use_ema=bool(use_ema), map_location="cpu",
+        autoencoder=OmegaConf.select(given, "model.autoencoder", default=None),
     )
     cfg = apply_overrides(saved_cfg, overrides)
     target = resolve_device(device or cfg.sampling.device)
