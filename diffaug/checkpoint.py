@@ -129,7 +129,8 @@ def read_weights(
     """(denoiser state dict with LoRA merged, config, class map) from a .ckpt or .safetensors file.
 
     ``autoencoder``: a latent model's autoencoder folder where it is now, if it moved since training (set
-    before the config is validated, which reads the folder; the content hash is checked by the caller)."""
+    before the config is validated, which reads the folder; the content hash is checked by the caller,
+    build.verify_autoencoder)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         if not use_ema:
@@ -167,12 +168,6 @@ def read_weights(
             raise ConfigError(f"model.autoencoder={autoencoder} was given, but {path} is a pixel model: it has no "
                               "autoencoder; remove the override")
         config = {**config, "model": {**config["model"], "autoencoder": str(autoencoder)}}
-    model = config.get("model") or {}
-    if model.get("autoencoder_sha256") and not (Path(model["autoencoder"]) / "config.json").is_file():
-        raise ConfigError(
-            f"model.autoencoder={model['autoencoder']} (the folder {path} was trained with) is gone or not an "
-            "autoencoder folder; if it moved, pass model.autoencoder=<its folder now> (checked by content hash, "
-            f"{model['autoencoder_sha256'][:12]})")
     return merge_lora_state_dict(state), config_from_dict(config), ClassMap(tuple(class_names))
 
 

@@ -320,6 +320,12 @@ def _check_latents(cfg: DictConfig) -> None:
         spec = read_spec(m.autoencoder)
         check_channel_mapping(spec, int(d.channels), m.autoencoder_channels)
     except AutoencoderError as error:
+        if m.autoencoder_sha256 and not (Path(m.autoencoder) / "config.json").is_file():
+            # A trained model's config: the folder it recorded has moved or gone, and another place may hold it.
+            raise ConfigError(
+                f"model.autoencoder={m.autoencoder} (the folder this model was trained with) is gone or not an "
+                "autoencoder folder; if it moved, pass model.autoencoder=<its folder now> (checked by content "
+                f"hash, {m.autoencoder_sha256[:12]})") from None
         raise ConfigError(str(error)) from None
     f = spec.downsample
     _require(d.resolution % f == 0, "data.resolution", d.resolution,

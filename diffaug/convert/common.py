@@ -89,22 +89,21 @@ class ConversionSummary:
     sigma_kept: bool
     net: str
     net_args: dict
-    objective: dict = field(default_factory=lambda: {"process": "ddpm", "process_args": {}, "prediction": "eps"})
-    clip_x0: bool = False
+    objective: dict  # the converted config's objective section (process, process_args, prediction, ...)
+    clip_x0: bool
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def train_overrides(self) -> list[str]:
         """The ``key=value`` overrides a fine-tuning config needs so the network and its diffusion match this
         file."""
-        items = [f"model.net={self.net}", *([f"model.args={_flow(self.net_args)}"] if self.net_args else []),
-                 f"data.channels={self.in_channels}", f"data.resolution={self.resolution}",
-                 f"objective.process={self.objective['process']}",
-                 *([f"objective.process_args={_flow(self.objective['process_args'])}"]
-                   if self.objective.get("process_args") else []),
-                 f"objective.prediction={self.objective['prediction']}",
-                 f"sampling.clip_x0={str(self.clip_x0).lower()}", f"training.init_from={self.out}"]
-        return items
+        return [f"model.net={self.net}", *([f"model.args={_flow(self.net_args)}"] if self.net_args else []),
+                f"data.channels={self.in_channels}", f"data.resolution={self.resolution}",
+                f"objective.process={self.objective['process']}",
+                *([f"objective.process_args={_flow(self.objective['process_args'])}"]
+                  if self.objective.get("process_args") else []),
+                f"objective.prediction={self.objective['prediction']}",
+                f"sampling.clip_x0={str(self.clip_x0).lower()}", f"training.init_from={self.out}"]
 
     def describe(self) -> str:
         sigma = ("kept (2x output channels)" if self.sigma_kept else "sliced off (eps only)") \
