@@ -131,6 +131,20 @@ def read_weights(
     ``autoencoder``: a latent model's autoencoder folder where it is now, if it moved since training (set
     before the config is validated, which reads the folder; the content hash is checked by the caller,
     build.verify_autoencoder)."""
+    state, config, class_map = read_raw_weights(path, use_ema=use_ema, map_location=map_location)
+    if autoencoder is not None:
+        if not (config.get("model") or {}).get("autoencoder_sha256"):
+            raise ConfigError(f"model.autoencoder={autoencoder} was given, but {path} is a pixel model: it has no "
+                              "autoencoder; remove the override")
+        config = {**config, "model": {**config["model"], "autoencoder": str(autoencoder)}}
+    return state, config_from_dict(config), class_map
+
+
+def read_raw_weights(
+    path: str | os.PathLike, *, use_ema: bool = True, map_location: Any = "cpu"
+) -> tuple[dict[str, Tensor], dict, ClassMap]:
+    """read_weights without validating the stored config (a plain dict): for callers that take only the
+    weights and the class names, such as fine-tuning, which must not need the source's autoencoder folder."""
     path = Path(path)
     if path.suffix == ".safetensors":
         if not use_ema:
@@ -163,12 +177,7 @@ def read_weights(
             raise CheckpointError(f"{path} has no weights under {prefix!r} in its state_dict")
         meta = checkpoint[CHECKPOINT_KEY]
         config, class_names = meta["config"], meta["class_names"]
-    if autoencoder is not None:
-        if not (config.get("model") or {}).get("autoencoder_sha256"):
-            raise ConfigError(f"model.autoencoder={autoencoder} was given, but {path} is a pixel model: it has no "
-                              "autoencoder; remove the override")
-        config = {**config, "model": {**config["model"], "autoencoder": str(autoencoder)}}
-    return merge_lora_state_dict(state), config_from_dict(config), ClassMap(tuple(class_names))
+    return merge_lora_state_dict(state), config, ClassMap(tuple(class_names))
 
 
 def load_state_strictly(module: nn.Module, state: dict[str, Tensor], *, source: str) -> None:

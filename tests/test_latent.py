@@ -159,6 +159,28 @@ def test_a_moved_autoencoder_is_named_by_an_override_and_checked_by_hash(trained
         load_model(pixel.weights, [f"model.autoencoder={moved}"])
 
 
+def test_fine_tuning_a_latent_model_uses_the_runs_autoencoder_and_checks_its_hash(trained, tmp_path):
+    result, vae = trained
+    moved = shutil.copytree(vae, tmp_path / "moved-vae")
+    other = make_autoencoder(tmp_path / "other", seed=1)
+    vae.rename(vae.with_name("away"))  # the source's recorded folder is gone; the run names where it is now
+    try:
+        tuned = train(latent_config(tmp_path / "tuned", moved, f"training.init_from={result.weights}",
+                                    "training.lr=1e-12", "training.max_steps=1", "training.checkpoint_every_n_steps=1"))
+    finally:
+        vae.with_name("away").rename(vae)
+    with safe_open(result.weights, "pt") as a, safe_open(tuned.weights, "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        assert max((a.get_tensor(k) - b.get_tensor(k)).abs().max().item() for k in a.keys()) < 1e-6
+    for overrides, found in [([], "this run has autoencoder "),
+                             (["model.autoencoder=null", "model.latent_cache=false", "data.resolution=8"],
+                              "this run has no autoencoder (a pixel run)")]:
+        with pytest.raises(ConfigError, match=r"training.init_from=.* was trained with autoencoder [0-9a-f]{12}, but "
+                           + re.escape(found) + ".*point model.autoencoder at the folder it was trained with"):
+            train(latent_config(tmp_path / "refused", other, f"training.init_from={result.weights}", *overrides))
+        assert not list((tmp_path / "refused").rglob("*.ckpt"))
+
+
 def test_a_resume_with_another_autoencoder_is_refused_before_it_trains(tmp_path, vae):
     run_dir = tmp_path / "run"
     first = train(latent_config(run_dir, vae))

@@ -34,6 +34,7 @@ def module_arguments(
         lora_rank=t.lora_rank,
         class_init=dict(t.class_init),
         new_class_rows=t.new_class_rows,
+        autoencoder_sha256=cfg.model.autoencoder_sha256,
     )
     return dict(
         denoiser=denoiser,

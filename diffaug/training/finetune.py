@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from diffaug.checkpoint import load_state_strictly, read_weights
+from diffaug.checkpoint import load_state_strictly, read_raw_weights
 from diffaug.config import ConfigError
 from diffaug.diffusion.denoiser import Denoiser
 from diffaug.nets.diffusers_unet import folder_state
@@ -98,10 +98,11 @@ def _load_folder(denoiser: Denoiser, path: str, class_names: Sequence[str]) -> d
 
 
 def load_pretrained(denoiser: Denoiser, path: str, class_names: Sequence[str], *,
-                    class_init: Mapping[str, str] | None = None, new_class_rows: str = "fresh"
-                    ) -> dict[str, list[str]]:
+                    class_init: Mapping[str, str] | None = None, new_class_rows: str = "fresh",
+                    autoencoder_sha256: str | None = None) -> dict[str, list[str]]:
     """Load ``path``'s EMA weights (or a diffusers folder's) into ``denoiser`` (built for ``class_names``);
-    returns the class report."""
+    returns the class report. ``autoencoder_sha256``: the run's autoencoder (None: a pixel run); a diffaug
+    source must have been trained on the same latents (or, like the run, on pixels)."""
     if Path(path).is_dir():
         if class_init:
             raise ConfigError(f"training.class_init copies named class rows, but {path} is a diffusers folder "
@@ -110,7 +111,11 @@ def load_pretrained(denoiser: Denoiser, path: str, class_names: Sequence[str], *
         report.setdefault("from_class", [])
         _log_report(path, report, class_names, "fresh", "rows taken by index; the null-class row is new")
         return report
-    state, _, old_map = read_weights(path, use_ema=True)
+    # The source's config is not validated: it would read the source's autoencoder folder, which may have
+    # moved; the run names its own, and the content hashes say whether the two are the same autoencoder.
+    state, source_config, old_map = read_raw_weights(path, use_ema=True)
+    check_source_autoencoder(path, (source_config.get("model") or {}).get("autoencoder_sha256"),
+                             autoencoder_sha256)
     own = denoiser.state_dict()
     report = {"kept": list(class_names), "initialised": [], "from_class": [], "dropped": []}
     table_keys = sorted({k for k in (*state, *own) if _is_class_table(denoiser, k)})
@@ -151,6 +156,19 @@ def _log_report(path: str, report: dict[str, list[str]], class_names: Sequence[s
         logger.info("fine-tuning from %s: all %d classes matched by name", path, len(class_names))
 
 
+def check_source_autoencoder(path: str, source: str | None, run: str | None) -> None:
+    """A latent model fine-tunes only on the latents it learned: the same autoencoder, by content hash.
+
+    A source that records none is taken as it is: a pixel model, or a converted public model (DiT's files
+    denoise Stable Diffusion VAE latents but cannot record the folder's hash); its shapes are still checked."""
+    if source is None or source == run:
+        return
+    found = f"autoencoder {run[:12]} (model.autoencoder)" if run else "no autoencoder (a pixel run)"
+    raise ConfigError(f"training.init_from={path} was trained with autoencoder {source[:12]}, but this run has "
+                      f"{found}; its weights denoise that autoencoder's latents: point model.autoencoder at the "
+                      "folder it was trained with")
+
+
 def freeze_prefixes(module: nn.Module, prefixes: Sequence[str]) -> list[str]:
     """Stop gradients for parameters whose names start with any prefix; each prefix must match something."""
     names = [n for n, _ in module.named_parameters()]
@@ -176,10 +194,12 @@ def prepare_for_finetuning(
     lora_rank: int = 0,
     class_init: Mapping[str, str] | None = None,
     new_class_rows: str = "fresh",
+    autoencoder_sha256: str | None = None,
 ) -> None:
     """In place: init_from, then LoRA (only adapters and the class table train), then freeze prefixes."""
     if init_from:
-        load_pretrained(denoiser, init_from, class_names, class_init=class_init, new_class_rows=new_class_rows)
+        load_pretrained(denoiser, init_from, class_names, class_init=class_init, new_class_rows=new_class_rows,
+                        autoencoder_sha256=autoencoder_sha256)
     if lora_rank > 0:
         denoiser.requires_grad_(False)
         adapted = add_lora(denoiser.net, rank=lora_rank,
