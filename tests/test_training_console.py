@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import subprocess
@@ -18,20 +19,37 @@ REPO = Path(__file__).resolve().parents[1]
 NOISE = ("The `srun` command is available", "💡 Tip", "litlogger", "isinstance(treespec, LeafSpec)")
 
 
-@pytest.mark.slow
-def test_demo_train_prints_no_lightning_noise(tmp_path):
+def _train_demo(run_dir: Path, *overrides: str) -> str:
+    """``python train.py`` on the demo config outside a SLURM job; returns what it printed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["OMP_NUM_THREADS"] = "1"
     done = subprocess.run(
-        [sys.executable, "train.py", "configs/experiment/demo.yaml", "training.max_steps=2",
-         f"run_dir={tmp_path / 'demo'}"],
+        [sys.executable, "train.py", "configs/experiment/demo.yaml", *overrides, f"run_dir={run_dir}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
+    return output
+
+
+@pytest.mark.slow
+def test_demo_train_prints_no_lightning_noise(tmp_path):
+    output = _train_demo(tmp_path / "demo", "training.max_steps=2")
     assert "final step 2" in output  # the run's own lines still print
     for text in NOISE:
         assert text not in output, text
+
+
+@pytest.mark.slow
+def test_a_dataset_shorter_than_the_logging_interval_logs_every_interval_without_a_hint(tmp_path):
+    # 8 images per class, 5% held out, batches of 16: 4 batches an epoch, fewer than the 10-step interval.
+    output = _train_demo(tmp_path / "short", "training.max_steps=30", "data.per_class_limit=8",
+                         "data.batch_size=16", "training.log_every_n_steps=10")
+    assert "is smaller than the logging interval" not in output
+    (metrics,) = (tmp_path / "short" / "logs").glob("*/metrics.csv")
+    with open(metrics, newline="") as f:
+        logged = sorted({int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")})
+    assert logged == [9, 19, 29]  # Lightning's step column is the optimizer step before the update
 
 
 @pytest.mark.skipif(shutil.which("srun") is None, reason="Lightning's srun hint needs srun on the PATH")

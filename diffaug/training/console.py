@@ -26,7 +26,8 @@ class _DropTip(logging.Filter):
 
 @contextmanager
 def quiet_lightning(env: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Inside: no srun hint outside a SLURM job, no litlogger tip, no pytree deprecation from Lightning.
+    """Inside: no srun hint outside a SLURM job, no litlogger tip, no short-epoch logging hint, no pytree
+    deprecation from Lightning.
 
     The srun hint stays inside a SLURM job (``SLURM_JOB_ID`` set): there, a python command not launched by
     ``srun`` is the mistake it warns about. Outside one it fires merely because ``srun`` is installed.
@@ -38,6 +39,11 @@ def quiet_lightning(env: Mapping[str, str] | None = None) -> Iterator[None]:
         if not env.get("SLURM_JOB_ID"):
             warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is "
                                     "not used", category=PossibleUserWarning)
+        # A small dataset (k images per class) has fewer batches per epoch than log_every_n_steps. Lightning
+        # then says the epoch's logs are lost, but it counts the logging interval in optimizer steps across
+        # epochs (LoggerConnector.should_update_logs), and diffaug trains by steps: every interval is logged.
+        warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
+                                "logging interval", category=PossibleUserWarning)
         # torch 2.10 deprecates LeafSpec(); Lightning's CombinedLoader still builds one (torch-side noise only).
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                                 category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
