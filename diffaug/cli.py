@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from diffaug.config import ConfigError, load_config
+from diffaug.config.argv import parse_items_anywhere
 
 
 def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from diffaug.evaluation.cli import eval_main
 
         return eval_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = parse_items_anywhere(build_parser(), argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Imported after parsing, so that --help and usage errors answer without loading torch and Lightning.
     from diffaug.data.corrupt import CorruptDataError

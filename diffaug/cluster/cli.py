@@ -28,6 +28,7 @@ from diffaug.cluster.render import (
 )
 from diffaug.cluster.submit import SubmitError, submit_script
 from diffaug.config import ClusterConfig, ConfigError, load_config
+from diffaug.config.argv import parse_items_anywhere
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def slurm_main(argv: Sequence[str] | None = None) -> int:
     """``python -m diffaug.cluster slurm submit ...``: the same command outside the ``diffaug`` CLI."""
     parser = argparse.ArgumentParser(prog="python -m diffaug.cluster")
     add_slurm_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
+    args = parse_items_anywhere(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

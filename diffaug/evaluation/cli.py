@@ -19,6 +19,7 @@ from torch import Tensor
 
 from diffaug import tracking
 from diffaug.config import ConfigError, load_config
+from diffaug.config.argv import parse_items_anywhere
 from diffaug.evaluation.configured import build_extractor, evaluation_device, real_split
 from diffaug.evaluation.data import load_export
 from diffaug.progress import progress, set_progress
@@ -242,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``diffaug eval``; returns the exit status (2 for a config error)."""
-    args = build_parser().parse_args(argv)
+    args = parse_items_anywhere(build_parser(), argv)
     # Progress of long evaluations (each benchmark candidate, feature extraction) goes to the log.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     files = [item for item in args.items if "=" not in item]

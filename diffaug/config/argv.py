@@ -1,0 +1,24 @@
+"""Command lines of config files, checkpoints and key=value overrides, with options anywhere among them."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+
+def parse_items_anywhere(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that positional items (``args.items``) may follow options.
+
+    argparse fills a ``nargs="*"`` positional from its first run of arguments only, so
+    ``sample.py CKPT --grid g.png sampling.steps=25`` would fail with "unrecognized arguments:
+    sampling.steps=25". ``parse_intermixed_args`` fixes that but refuses subcommands, which every diffaug
+    command line but sample.py has; so the later runs are collected here, in order, and anything that looks
+    like an option is still refused.
+    """
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-")]
+    if unknown or (extra and not hasattr(args, "items")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.items = [*(args.items or []), *extra]
+    return args
