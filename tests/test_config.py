@@ -18,7 +18,7 @@ def write(path: Path, data: dict) -> Path:
 
 
 def test_defaults_files_and_overrides_in_order(tmp_path):
-    base = write(tmp_path / "base.yaml", {"training": {"max_steps": 10, "lr": 1e-3}, "data": {"resolution": 8}})
+    write(tmp_path / "base.yaml", {"training": {"max_steps": 10, "lr": 1e-3}, "data": {"resolution": 8}})
     exp = write(tmp_path / "exp.yaml", {"include": ["base.yaml"], "training": {"max_steps": 20}})
     cfg = load_config([exp], ["training.lr=5e-4", "data.batch_size=7"])
     assert cfg.training.max_steps == 20  # the experiment file overrides its include
@@ -131,6 +131,11 @@ def test_one_string_where_a_list_is_expected_becomes_a_one_item_list(tmp_path):
     saved["eval"]["downstream"]["synthetic"] = "runs/{k}/export"
     assert list(config_from_dict(saved).eval.downstream.synthetic) == ["runs/{k}/export"]
     assert list(load_config([], ["eval.downstream.synthetic=[a,b]"]).eval.downstream.synthetic) == ["a", "b"]
+    union = load_config([], ["eval.downstream.synthetic=[a,[a,b]]"]).eval.downstream.synthetic
+    assert union[0] == "a" and list(union[1]) == ["a", "b"]
+    for bad in ("[a,[a]]", "[a,[b,b]]", "[a,3]"):
+        with pytest.raises(ConfigError, match="a list of two or more different ones"):
+            load_config([], [f"eval.downstream.synthetic={bad}"])
     with pytest.raises(ConfigError, match="eval.downstream.syn_ratio"):
         load_config([], ["eval.downstream.syn_ratio=fast"])  # a string is still no list of floats
 

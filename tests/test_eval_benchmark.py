@@ -12,6 +12,7 @@ import torch
 
 from diffaug.build import build_datamodule
 from diffaug.config import load_config
+from diffaug.data import ClassMap
 from diffaug.evaluation import downstream as ds
 from diffaug.evaluation.augment import Augmenter, one_hot, parse_recipe
 from diffaug.evaluation.classifiers import build_classifier
@@ -293,6 +294,32 @@ def test_downstream_command_with_per_cell_exports_writes_a_consistent_report(cel
     report = (out / "report.md").read_text()
     assert "| 5 | real+syn |" in report and "## Memorisation" in report and "k{k}-s{seed}-w2" in report
     assert (out / "kshot.png").stat().st_size > 5000
+
+
+def test_a_union_of_a_cells_sets_is_one_candidate_with_all_their_images(cell_exports, tmp_path):
+    one, two = f"{cell_exports}/k{{k}}-s{{seed}}", f"{cell_exports}/k{{k}}-s{{seed}}-w2"
+    out = tmp_path / "report"
+    assert eval_main(["downstream", *COMMON, "eval.downstream.arms=[syn]", "eval.downstream.seeds=[1]",
+                      f"eval.downstream.synthetic=['{one}',['{one}','{two}']]", "--out", str(out)]) == 0
+    with open(out / "candidates.csv") as handle:
+        tried = {c["setting"].split(":")[0]: int(c["train_images"]) for c in csv.DictReader(handle)}
+    assert tried == {"k{k}-s{seed}": 60, "k{k}-s{seed}+k{k}-s{seed}-w2": 120}
+    # The union's images are both sets', in order, labelled by class name.
+    parts = [ds.ExportPattern(p, "sklearn_digits", 8, 1, (HOLDOUT, 0)) for p in (one, two)]
+    union = ds.SetUnion(tuple(parts))(5, 1)
+    first, second = parts[0](5, 1), parts[1](5, 1)
+    assert torch.equal(union.images, torch.cat([first.images, second.images]))
+    assert union.class_map.names[union.labels[len(first)]] == second.class_map.names[second.labels[0]]
+
+
+def test_joining_sets_labels_every_image_by_its_class_name():
+    a = LabelledImages(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ClassMap(("cat", "dog")))
+    b = LabelledImages(torch.ones(3, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1, 2]), ClassMap(("emu", "dog", "cat")))
+    joined = LabelledImages.concat([a, b])
+    assert joined.class_map.names == ("cat", "dog", "emu")
+    assert [joined.class_map.names[i] for i in joined.labels] == ["cat", "dog", "emu", "dog", "cat"]
+    with pytest.raises(ValueError, match="different image shapes"):
+        LabelledImages.concat([a, LabelledImages(torch.ones(1, 1, 8, 8, dtype=torch.uint8), torch.tensor([0]), a.class_map)])
 
 
 def test_tune_command_never_reads_the_test_split(cell_exports, tmp_path, monkeypatch):

@@ -261,6 +261,14 @@ def validate(cfg: DictConfig) -> None:
     bad_formats = sorted(set(e.formats) - {"folder", "shards"})
     _require(not bad_formats and len(e.formats) > 0, "export.formats", list(e.formats),
              "choose one or both of: folder, shards")
+    for entry in cfg.eval.downstream.synthetic:
+        union = list(entry) if isinstance(entry, ListConfig) else None
+        _require(isinstance(entry, str) or (union is not None and len(union) >= 2 and len(set(union)) == len(union)
+                                            and all(isinstance(p, str) for p in union)),
+                 "eval.downstream.synthetic", union if union is not None else entry,
+                 "each entry must be a set's path pattern, or a list of two or more different ones (one candidate: "
+                 "their union), e.g. ['runs/k{k}-s{seed}/export', ['runs/k{k}-s{seed}/export', "
+                 "'runs/k{k}-s{seed}/export-sde70']]")
     _check_registry_names(cfg)
     if cfg.model.autoencoder is not None:
         _check_latents(cfg)

@@ -233,8 +233,9 @@ class DownstreamConfig:
     aug_hflip: bool = False  # whether left-right flips keep the class (clothing yes, digits no)
     # The candidate augmentation sets of each cell (e.g. exports at several guidance scales or checkpoints;
     # validation chooses); {k} and {seed} are filled in, so every cell uses sets made by a model trained on
-    # exactly its k-shot images. Empty: eval.export_dir, export.out_dir, else <run_dir>/export.
-    synthetic: list[str] = field(default_factory=list)
+    # exactly its k-shot images. An entry that is itself a list is one candidate: the union of those sets (e.g.
+    # sampled and SDEdit images together). Empty: eval.export_dir, export.out_dir, else <run_dir>/export.
+    synthetic: list[Any] = field(default_factory=list)  # Any: str or list[str] (structured configs have no Union)
     # Candidate ways to use the synthetic set, the grid chosen from on validation:
     syn_ratio: list[float] = field(default_factory=lambda: [1.0])  # synthetic images per real image per batch
     syn_weight: list[float] = field(default_factory=lambda: [1.0])  # loss weight of a synthetic image

@@ -39,13 +39,20 @@ def _out_dir(cfg: DictConfig, given: str | None, leaf: str) -> Path:
 
 
 def _synthetic_sources(cfg: DictConfig, args: argparse.Namespace, *, holdout: tuple[int, int]):
-    """Set name -> ExportPattern of every candidate synthetic set (--export, else eval.downstream.synthetic)."""
-    from diffaug.evaluation.downstream import ExportPattern, set_names
+    """Set name -> source of every candidate synthetic set (--export, else eval.downstream.synthetic): an
+    ExportPattern, or a SetUnion for an entry that lists several patterns."""
+    from diffaug.evaluation.downstream import ExportPattern, SetUnion, set_names
 
-    patterns = [args.export] if args.export else [str(p) for p in cfg.eval.downstream.synthetic]
-    patterns = patterns or [str(_export_dir(cfg, None))]
-    return {name: ExportPattern(pattern, str(cfg.data.source), int(cfg.data.resolution), int(cfg.data.channels),
-                                holdout) for name, pattern in zip(set_names(patterns), patterns)}
+    # Each entry is a str or a list of them (checked when the config loaded).
+    listed = [e if isinstance(e, str) else tuple(e) for e in cfg.eval.downstream.synthetic]
+    entries = [args.export] if args.export else listed
+    entries = entries or [str(_export_dir(cfg, None))]
+
+    def pattern(p: str) -> ExportPattern:
+        return ExportPattern(p, str(cfg.data.source), int(cfg.data.resolution), int(cfg.data.channels), holdout)
+
+    return {name: pattern(entry) if isinstance(entry, str) else SetUnion(tuple(pattern(p) for p in entry))
+            for name, entry in zip(set_names(entries), entries)}
 
 
 def _downstream_spec(cfg: DictConfig):
@@ -89,8 +96,8 @@ def _downstream(cfg: DictConfig, args: argparse.Namespace, *, tune_only: bool = 
     leaf = "tune" if tune_only else "downstream"
     paths = write_report(result, _out_dir(cfg, args.out, leaf), title=f"Downstream benchmark: {cfg.name}")
     if tracking.enabled(cfg) and not tune_only:
-        sets = {Path(p.pattern.format(k=k, seed=seed)) for p in (synthetic or {}).values()
-                for k in spec.ks for seed in spec.seeds}
+        sets = {path for source in (synthetic or {}).values()
+                for k in spec.ks for seed in spec.seeds for path in source.paths(k, seed)}
         _log_downstream_to_wandb(cfg, result, paths, sorted(sets))
     print(paths["report"].read_text().split("## Memorisation")[0].split("## Per-class")[0].rstrip())
     print(f"\nreport: {paths['report']}")

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,6 +56,23 @@ class LabelledImages:
 
     def subset(self, mask_or_index: Tensor) -> LabelledImages:
         return LabelledImages(self.images[mask_or_index], self.labels[mask_or_index], self.class_map)
+
+    @staticmethod
+    def concat(parts: Sequence[LabelledImages]) -> LabelledImages:
+        """The images of ``parts`` in order, labelled in one class map: the parts' class names in order of first
+        appearance (sets of one model share one map; sets of different models may each lack a class)."""
+        if not parts:
+            raise ValueError("concat needs at least one set")
+        names: list[str] = []
+        for part in parts:
+            names.extend(name for name in part.class_map.names if name not in names)
+        class_map = ClassMap(tuple(names))
+        aligned = [part.aligned_to(class_map) for part in parts]
+        shapes = {tuple(part.images.shape[1:]) for part in aligned}
+        if len(shapes) > 1:
+            raise ValueError(f"the sets to join have different image shapes {sorted(shapes)}; load them at one "
+                             "resolution and channel count")
+        return LabelledImages(torch.cat([p.images for p in aligned]), torch.cat([p.labels for p in aligned]), class_map)
 
     def content_hash(self) -> str:
         """SHA-256 of the pixels, labels and class names: the key of every cache derived from this set."""

@@ -366,13 +366,17 @@ def _run_cell(
     return runs, candidates, memorisation
 
 
-def set_names(patterns: Sequence[str]) -> list[str]:
-    """Short unique names for export patterns: the last path component, or more of the path where those clash."""
+def set_names(entries: Sequence[str | Sequence[str]]) -> list[str]:
+    """Short unique names for candidate sets: the last path component, or more of the path where those clash; a
+    union of sets (an entry that is a list of patterns) is named by its parts joined with "+"."""
+    groups = [(entry,) if isinstance(entry, str) else tuple(entry) for entry in entries]
+    patterns = list(dict.fromkeys(p for group in groups for p in group))
     for depth in range(1, 1 + max(len(Path(p).parts) for p in patterns)):
-        names = ["/".join(Path(p).parts[-depth:]) for p in patterns]
-        if len(set(names)) == len(names):
+        short = {p: "/".join(Path(p).parts[-depth:]) for p in patterns}
+        names = ["+".join(short[p] for p in group) for group in groups]
+        if len(set(short.values())) == len(patterns) and len(set(names)) == len(names):
             return names
-    raise ValueError(f"synthetic set patterns repeat: {list(patterns)}")
+    raise ValueError(f"synthetic set patterns repeat: {[list(g) if len(g) > 1 else g[0] for g in groups]}")
 
 
 @dataclass(frozen=True)
@@ -386,10 +390,31 @@ class ExportPattern:
     channels: int
     holdout: tuple[int, int]
 
+    def paths(self, k: int, seed: int) -> list[Path]:
+        return [Path(self.pattern.format(k=k, seed=seed))]
+
     def __call__(self, k: int, seed: int) -> LabelledImages:
         path = Path(self.pattern.format(k=k, seed=seed))
         check_export_training_data(path, source=self.source, k=k, seed=seed, holdout=self.holdout)
         return load_export(path, resolution=self.resolution, channels=self.channels)
+
+
+@dataclass(frozen=True)
+class SetUnion:
+    """(k, seed) -> the images of several of the cell's sets as one candidate (e.g. sampled and real-guided
+    images together: more distinct images for the same number of synthetic views per batch). Picklable."""
+
+    parts: tuple[ExportPattern, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.parts) < 2:
+            raise ValueError(f"a union of synthetic sets needs at least two, got {len(self.parts)}")
+
+    def paths(self, k: int, seed: int) -> list[Path]:
+        return [path for part in self.parts for path in part.paths(k, seed)]
+
+    def __call__(self, k: int, seed: int) -> LabelledImages:
+        return LabelledImages.concat([part(k, seed) for part in self.parts])
 
 
 def _check_synthetic(synthetic: LabelledImages, real: LabelledImages) -> None:
