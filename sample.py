@@ -17,7 +17,7 @@ import logging
 import sys
 
 from diffaug.config import ConfigError
-from diffaug.config.argv import parse_items_anywhere
+from diffaug.config.argv import parse_items_anywhere, split_items
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.finalize:
             print(finalize_export(args.finalize).describe())
             return 0
-        checkpoints = [item for item in args.items if "=" not in item]
-        overrides = [item for item in args.items if "=" in item]
+        checkpoints, overrides = split_items(args.items)
         if len(checkpoints) != 1:
             raise ConfigError(
                 f"give exactly one checkpoint (.ckpt or .safetensors), got {checkpoints or 'none'}"

@@ -12,13 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from diffaug.config import ConfigError, load_config
-from diffaug.config.argv import parse_items_anywhere
-
-
-def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
-    files = [item for item in items if "=" not in item]
-    overrides = [item for item in items if "=" in item]
-    return files, overrides
+from diffaug.config.argv import parse_items_anywhere, split_items
 
 
 # ---------------------------------------------------------------- commands
@@ -30,7 +24,7 @@ def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
 def _cmd_config(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    files, overrides = _split(args.items)
+    files, overrides = split_items(args.items)
     print(OmegaConf.to_yaml(load_config(files, overrides), resolve=True), end="")
     return 0
 
@@ -38,7 +32,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from diffaug.training import train
 
-    files, overrides = _split(args.items)
+    files, overrides = split_items(args.items)
     result = train(load_config(files, overrides))
     print(f"run directory: {result.run_dir}")
     print(f"checkpoint:    {result.last_checkpoint}")
@@ -48,7 +42,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _checkpoint_and_overrides(items: Sequence[str]) -> tuple[str, list[str]]:
-    paths, overrides = _split(items)
+    paths, overrides = split_items(items)
     if len(paths) != 1:
         raise ConfigError(f"give exactly one checkpoint (.ckpt or .safetensors), got {paths or 'none'}")
     return paths[0], overrides

@@ -35,9 +35,19 @@ def _train_demo(run_dir: Path, *overrides: str) -> str:
 @pytest.mark.slow
 def test_demo_train_prints_no_lightning_noise(tmp_path):
     output = _train_demo(tmp_path / "demo", "training.max_steps=2")
-    assert "final step 2" in output  # the run's own lines still print
+    assert "EMA weights:" in output and "checkpoints/last.ckpt" in output  # the run's own lines still print
+    assert output.count("GPU available: False") == 1  # Lightning's own lines once, in the run's log format
+    assert "INFO lightning.pytorch.utilities.rank_zero: GPU available" in output
     for text in NOISE:
         assert text not in output, text
+
+
+def test_a_bad_config_key_ends_train_py_with_one_line_naming_it():
+    done = subprocess.run([sys.executable, "train.py", "configs/experiment/demo.yaml", "training.lrr=1e-4"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "unknown config key 'training.lrr'" in done.stderr and "Did you mean 'lr'?" in done.stderr
 
 
 @pytest.mark.slow

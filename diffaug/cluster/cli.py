@@ -28,15 +28,11 @@ from diffaug.cluster.render import (
 )
 from diffaug.cluster.submit import SubmitError, submit_script
 from diffaug.config import ClusterConfig, ConfigError, load_config
-from diffaug.config.argv import parse_items_anywhere
+from diffaug.config.argv import parse_items_anywhere, split_items
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LOG_DIR = "slurm-logs"
-
-
-def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
-    return [i for i in items if "=" not in i], [i for i in items if "=" in i]
 
 
 def _tasks_per_node(cluster: DictConfig, devices: object) -> int:
@@ -63,7 +59,7 @@ def _log_pattern(log_dir: str, pattern: str) -> str:
 
 def render_train(items: Sequence[str], *, log_dir: str = DEFAULT_LOG_DIR) -> str:
     """The training script for ``diffaug train ITEMS...`` (config files and overrides), validated first."""
-    files, overrides = _split(items)
+    files, overrides = split_items(items)
     cfg = load_config(files, overrides)
     options = _options(
         cfg.cluster, name=job_name("train", cfg.name), nodes=int(cfg.cluster.nodes),
@@ -98,7 +94,7 @@ def _checkpoint_cluster(checkpoint: str, overrides: Sequence[str]) -> tuple[Dict
 def render_export(items: Sequence[str], *, parts: int | None = None, log_dir: str = DEFAULT_LOG_DIR) -> str:
     """The export array script for ``diffaug export CHECKPOINT OVERRIDES...``: ``parts`` array tasks
     (default: cluster.nodes x cluster.gpus_per_node), one GPU each (none if cluster.gpus_per_node=0)."""
-    paths, overrides = _split(items)
+    paths, overrides = split_items(items)
     if len(paths) != 1:
         raise ConfigError(f"give exactly one checkpoint (.ckpt or .safetensors), got {paths or 'none'}")
     cluster, export_overrides, name = _checkpoint_cluster(paths[0], overrides)

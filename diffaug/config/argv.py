@@ -22,3 +22,9 @@ def parse_items_anywhere(parser: argparse.ArgumentParser, argv: Sequence[str] | 
     if extra:
         args.items = [*(args.items or []), *extra]
     return args
+
+
+def split_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(files, overrides): the items without "=" (config files, or a checkpoint), then the key=value ones, each
+    in the order given."""
+    return [item for item in items if "=" not in item], [item for item in items if "=" in item]

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from diffaug import tracking
 from diffaug.config import ConfigError, load_config
-from diffaug.config.argv import parse_items_anywhere
+from diffaug.config.argv import parse_items_anywhere, split_items
 from diffaug.evaluation.configured import build_extractor, evaluation_device, real_split
 from diffaug.evaluation.data import load_export
 from diffaug.progress import progress, set_progress
@@ -253,8 +253,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     args = parse_items_anywhere(build_parser(), argv)
     # Progress of long evaluations (each benchmark candidate, feature extraction) goes to the log.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    files = [item for item in args.items if "=" not in item]
-    overrides = [item for item in args.items if "=" in item]
+    files, overrides = split_items(args.items)
     try:
         cfg = load_config(files, overrides)
         set_progress(bool(cfg.logging.progress_bar))

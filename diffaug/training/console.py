@@ -27,7 +27,7 @@ class _DropTip(logging.Filter):
 @contextmanager
 def quiet_lightning(env: Mapping[str, str] | None = None) -> Iterator[None]:
     """Inside: no srun hint outside a SLURM job, no litlogger tip, no short-epoch logging hint, no pytree
-    deprecation from Lightning.
+    deprecation from Lightning, and each of Lightning's lines once.
 
     The srun hint stays inside a SLURM job (``SLURM_JOB_ID`` set): there, a python command not launched by
     ``srun`` is the mistake it warns about. Outside one it fires merely because ``srun`` is installed.
@@ -35,6 +35,11 @@ def quiet_lightning(env: Mapping[str, str] | None = None) -> Iterator[None]:
     env = os.environ if env is None else env
     tip = _DropTip()
     loggers = [logging.getLogger(name) for name in _TIP_LOGGERS]
+    # The "lightning" logger has a console handler of its own, and its records also reach the root logger where
+    # the application configured one before importing Lightning (train.py's logging.basicConfig): each line
+    # twice. Then the application's handler, in its format, prints them alone.
+    lightning = logging.getLogger("lightning")
+    doubled = list(lightning.handlers) if logging.getLogger().handlers and lightning.propagate else []
     with warnings.catch_warnings():
         if not env.get("SLURM_JOB_ID"):
             warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is "
@@ -49,8 +54,12 @@ def quiet_lightning(env: Mapping[str, str] | None = None) -> Iterator[None]:
                                 category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
         for lg in loggers:
             lg.addFilter(tip)
+        for handler in doubled:
+            lightning.removeHandler(handler)
         try:
             yield
         finally:
             for lg in loggers:
                 lg.removeFilter(tip)
+            for handler in doubled:
+                lightning.addHandler(handler)
