@@ -107,8 +107,8 @@ def _tests(work: Path) -> str | None:
 
 
 def _final_step(log: Path) -> int | None:
-    """The step train.py says it ended at ("... final step 300, weights ...")."""
-    found = re.findall(r"final step (\d+)", log.read_text(errors="replace")) if log.is_file() else []
+    """The step train.py says it ended at (its "final step:    300" line)."""
+    found = re.findall(r"final step:\s*(\d+)", log.read_text(errors="replace")) if log.is_file() else []
     return int(found[-1]) if found else None
 
 

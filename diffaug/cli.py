@@ -35,6 +35,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     files, overrides = split_items(args.items)
     result = train(load_config(files, overrides))
     print(f"run directory: {result.run_dir}")
+    print(f"final step:    {result.final_step}")
     print(f"checkpoint:    {result.last_checkpoint}")
     if result.weights is not None:
         print(f"EMA weights:   {result.weights}")

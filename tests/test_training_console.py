@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,7 @@ def _train_demo(run_dir: Path, *overrides: str) -> str:
 def test_demo_train_prints_no_lightning_noise(tmp_path):
     output = _train_demo(tmp_path / "demo", "training.max_steps=2")
     assert "EMA weights:" in output and "checkpoints/last.ckpt" in output  # the run's own lines still print
+    assert re.search(r"^final step:\s+2$", output, re.M)  # what benchmarks/gpu_check_summary.py reads
     assert output.count("GPU available: False") == 1  # Lightning's own lines once, in the run's log format
     assert "INFO lightning.pytorch.utilities.rank_zero: GPU available" in output
     for text in NOISE:
