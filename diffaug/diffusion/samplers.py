@@ -211,7 +211,7 @@ def dpmpp_2m(
     is first order (= DDIM)."""
     x0_prev, h_prev = None, None
     for t, s in _steps(grid):
-        (alpha_t, sigma_t), (alpha_s, sigma_s) = process.alpha_sigma(t), process.alpha_sigma(s)
+        (_, sigma_t), (alpha_s, sigma_s) = process.alpha_sigma(t), process.alpha_sigma(s)
         h = process.log_snr(s) - process.log_snr(t)
         x0 = denoise(x, t)
         if x0_prev is None:
