@@ -382,3 +382,25 @@ def test_fit_cache_reuses_identical_fits_bit_for_bit_and_trains_only_what_change
     ds.run_downstream(pool=pool, test=test, synthetic=None, device="cpu",
                       spec=_spec(recipe=Recipe(steps=30, batch_size=16, eval_every=10), cache_dir=str(cache)))
     assert trained["n"] == 10  # another budget is another classifier
+
+
+def test_the_summary_reports_each_arms_spread_paired_gain_and_mean_set_size():
+    """Seeds that chose sets of different sizes (a union on one, one set on another) report their mean size;
+    gains are paired by seed: a gain constant across seeds has a zero-width interval."""
+    names = tuple(str(c) for c in range(10))
+
+    def run(arm: str, seed: int, accuracy: float, images: int) -> ds.RunResult:
+        return ds.RunResult(arm=arm, k=10, seed=seed, setting="-", val=accuracy, accuracy=accuracy,
+                            per_class=[accuracy] * 10, train_images=images, best_step=1, steps=2,
+                            still_rising=False, real_seen=10)
+
+    runs = [run("real+aug", 0, 0.70, 100), run("real+aug", 1, 0.60, 100), run("real+aug", 2, 0.65, 100),
+            run("real+aug+syn", 0, 0.73, 1100), run("real+aug+syn", 1, 0.63, 2100),
+            run("real+aug+syn", 2, 0.68, 2100)]
+    result = ds.DownstreamResult(class_names=names, arms=["real+aug", "real+aug+syn"], ks=[10], seeds=[0, 1, 2],
+                                 runs=runs, candidates=[])
+    rows = {row["arm"]: row for row in result.summary()}
+    syn = rows["real+aug+syn"]
+    assert syn["train_images"] == 1767 and rows["real+aug"]["train_images"] == 100
+    assert syn["mean"] == pytest.approx(0.68) and syn["std"] == pytest.approx(0.05)
+    assert syn["gain_vs_real+aug"] == pytest.approx(0.03) and syn["gain_vs_real+aug_ci95"] == pytest.approx(0, abs=1e-9)

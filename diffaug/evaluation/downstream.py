@@ -186,7 +186,9 @@ class DownstreamResult:
                 runs = [r for r in self.runs if r.arm == arm and r.k == k]
                 row: dict[str, Any] = {
                     "k": k, "arm": arm, "mean": acc.mean(), "std": _std(acc), "min": acc.min(), "max": acc.max(),
-                    "seeds": len(acc), "train_images": runs[0].train_images,
+                    "seeds": len(acc),
+                    # Seeds may choose sets of different sizes (a union, a filter's survivors): their mean.
+                    "train_images": round(float(np.mean([r.train_images for r in runs]))),
                     "val_mean": float(np.mean([r.val for r in runs])),
                     "still_rising": sum(r.still_rising for r in runs),
                 }
