@@ -17,7 +17,7 @@ import logging
 import sys
 
 from diffaug.config import ConfigError
-from diffaug.config.argv import parse_items_anywhere, split_items
+from diffaug.config.argv import checkpoint_and_overrides, parse_items_anywhere
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,17 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.finalize:
             print(finalize_export(args.finalize).describe())
             return 0
-        checkpoints, overrides = split_items(args.items)
-        if len(checkpoints) != 1:
-            raise ConfigError(
-                f"give exactly one checkpoint (.ckpt or .safetensors), got {checkpoints or 'none'}"
-            )
+        checkpoint, overrides = checkpoint_and_overrides(args.items)
         if args.grid:
-            path = sample_grid(checkpoints[0], args.grid, per_class=args.per_class, overrides=overrides)
+            path = sample_grid(checkpoint, args.grid, per_class=args.per_class, overrides=overrides)
             print(f"sample grid: {path}")
             return 0
         summary = export_augmentation_set(
-            checkpoints[0],
+            checkpoint,
             overrides,
             rank=args.rank,
             world_size=args.world_size,

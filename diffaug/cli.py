@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from diffaug.config import ConfigError, load_config
-from diffaug.config.argv import parse_items_anywhere, split_items
+from diffaug.config.argv import checkpoint_and_overrides, parse_items_anywhere, split_items
 
 
 # ---------------------------------------------------------------- commands
@@ -42,17 +42,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_and_overrides(items: Sequence[str]) -> tuple[str, list[str]]:
-    paths, overrides = split_items(items)
-    if len(paths) != 1:
-        raise ConfigError(f"give exactly one checkpoint (.ckpt or .safetensors), got {paths or 'none'}")
-    return paths[0], overrides
-
-
 def _cmd_sample(args: argparse.Namespace) -> int:
     from diffaug.sampling import sample_grid
 
-    checkpoint, overrides = _checkpoint_and_overrides(args.items)
+    checkpoint, overrides = checkpoint_and_overrides(args.items)
     path = sample_grid(checkpoint, args.out, per_class=args.per_class, overrides=overrides)
     print(f"sample grid: {path}")
     return 0
@@ -61,7 +54,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from diffaug.sampling import export_augmentation_set
 
-    checkpoint, overrides = _checkpoint_and_overrides(args.items)
+    checkpoint, overrides = checkpoint_and_overrides(args.items)
     summary = export_augmentation_set(checkpoint, overrides=overrides, rank=args.rank, world_size=args.world_size)
     print(summary.describe())
     return 0

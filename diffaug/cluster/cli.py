@@ -28,7 +28,7 @@ from diffaug.cluster.render import (
 )
 from diffaug.cluster.submit import SubmitError, submit_script
 from diffaug.config import ClusterConfig, ConfigError, load_config
-from diffaug.config.argv import parse_items_anywhere, split_items
+from diffaug.config.argv import checkpoint_and_overrides, parse_items_anywhere, split_items
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +94,8 @@ def _checkpoint_cluster(checkpoint: str, overrides: Sequence[str]) -> tuple[Dict
 def render_export(items: Sequence[str], *, parts: int | None = None, log_dir: str = DEFAULT_LOG_DIR) -> str:
     """The export array script for ``diffaug export CHECKPOINT OVERRIDES...``: ``parts`` array tasks
     (default: cluster.nodes x cluster.gpus_per_node), one GPU each (none if cluster.gpus_per_node=0)."""
-    paths, overrides = split_items(items)
-    if len(paths) != 1:
-        raise ConfigError(f"give exactly one checkpoint (.ckpt or .safetensors), got {paths or 'none'}")
-    cluster, export_overrides, name = _checkpoint_cluster(paths[0], overrides)
+    checkpoint, overrides = checkpoint_and_overrides(items)
+    cluster, export_overrides, name = _checkpoint_cluster(checkpoint, overrides)
     parts = parts if parts is not None else int(cluster.nodes) * max(int(cluster.gpus_per_node), 1)
     if parts < 1:
         raise ConfigError(f"--parts must be at least 1, got {parts}")
@@ -106,7 +104,7 @@ def render_export(items: Sequence[str], *, parts: int | None = None, log_dir: st
         gpus_per_node=min(int(cluster.gpus_per_node), 1), output=_log_pattern(log_dir, "%x-%A_%a.out"),
         signal="batch", array=f"0-{parts - 1}",
     )
-    return render_export_script(options, checkpoint=paths[0], overrides=export_overrides,
+    return render_export_script(options, checkpoint=checkpoint, overrides=export_overrides,
                                 python=sys.executable)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from diffaug.config.load import ConfigError
+
 
 def parse_items_anywhere(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parser.parse_args``, except that positional items (``args.items``) may follow options.
@@ -28,3 +30,11 @@ def split_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
     """(files, overrides): the items without "=" (config files, or a checkpoint), then the key=value ones, each
     in the order given."""
     return [item for item in items if "=" not in item], [item for item in items if "=" in item]
+
+
+def checkpoint_and_overrides(items: Sequence[str]) -> tuple[str, list[str]]:
+    """The one checkpoint among ``items`` and the key=value overrides (sample, export, their SLURM scripts)."""
+    paths, overrides = split_items(items)
+    if len(paths) != 1:
+        raise ConfigError(f"give exactly one checkpoint (.ckpt or .safetensors), got {paths or 'none'}")
+    return paths[0], overrides

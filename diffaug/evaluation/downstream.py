@@ -396,7 +396,7 @@ class ExportPattern:
         return [Path(self.pattern.format(k=k, seed=seed))]
 
     def __call__(self, k: int, seed: int) -> LabelledImages:
-        path = Path(self.pattern.format(k=k, seed=seed))
+        [path] = self.paths(k, seed)
         check_export_training_data(path, source=self.source, k=k, seed=seed, holdout=self.holdout)
         return load_export(path, resolution=self.resolution, channels=self.channels)
 
